@@ -1,0 +1,3 @@
+"""chi-companion: the home-server back end of the EclipseTuner OBD-II logger."""
+
+__version__ = "0.1.0"

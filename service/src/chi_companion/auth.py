@@ -1,0 +1,69 @@
+"""API keys: which device (or the operator) a request speaks for.
+
+Each key is bound to one device id; the operator key (optional) may read and
+manage every device's data but cannot sync rows as a device. Keys are compared
+in constant time against every configured key, so the time taken does not hint
+at which key, or how much of one, matched.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+
+from bottle import request
+
+from .http_json import ApiError
+
+OPERATOR = "operator"
+
+
+@dataclass(frozen=True)
+class Principal:
+    device_id: str | None  # None for the operator
+
+    @property
+    def is_operator(self) -> bool:
+        return self.device_id is None
+
+    def may_access(self, device_id: str) -> bool:
+        return self.is_operator or self.device_id == device_id
+
+    def require_device(self, device_id: str) -> None:
+        if not self.may_access(device_id):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this API key belongs to device {self.device_id!r}, not {device_id!r}",
+            )
+
+
+class KeyRing:
+    def __init__(self, devices: dict[str, str], operator_key: str = "") -> None:
+        self._entries: list[tuple[bytes, Principal]] = [
+            (key.encode(), Principal(device)) for device, key in devices.items()
+        ]
+        if operator_key:
+            self._entries.append((operator_key.encode(), Principal(None)))
+
+    def lookup(self, presented: str | None) -> Principal | None:
+        if not presented:
+            return None
+        candidate = presented.encode("utf-8", "surrogateescape")
+        found: Principal | None = None
+        for key, principal in self._entries:
+            # No early exit: every key is compared whatever matched.
+            if hmac.compare_digest(key, candidate):
+                found = principal
+        return found
+
+    def authenticate(self) -> Principal:
+        principal = self.lookup(request.get_header("X-API-Key"))
+        if principal is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing or invalid X-API-Key header",
+                headers={"WWW-Authenticate": 'ApiKey header="X-API-Key"'},
+            )
+        return principal

@@ -1,0 +1,158 @@
+"""JSON in and out of HTTP: error responses and size-limited body reading.
+
+Bodies are read from ``wsgi.input`` ourselves rather than through Bottle's
+``request.json``: Bottle spools bodies over 100 KiB to disk and rejects large
+JSON with its own HTML 413, and we need our own limit enforced before and while
+reading so an oversized body is refused without being held in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+from typing import Any
+
+from bottle import HTTPResponse, request
+
+READ_CHUNK = 64 * 1024
+
+
+def json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> HTTPResponse:
+    body = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+    all_headers = {"Content-Type": "application/json"}
+    if headers:
+        all_headers.update(headers)
+    return HTTPResponse(body=body, status=status, headers=all_headers)
+
+
+class ApiError(HTTPResponse):
+    """Raised from a handler to answer with ``{"error": ..., "detail": ...}``.
+
+    A subclass of Bottle's HTTPResponse, so Bottle returns it as-is when raised.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        all_headers = {"Content-Type": "application/json"}
+        if headers:
+            all_headers.update(headers)
+        payload = {"error": error, "detail": detail}
+        super().__init__(
+            body=json.dumps(payload, allow_nan=False), status=status, headers=all_headers
+        )
+        self.error = error
+        self.detail = detail
+
+
+def require_json_content_type() -> None:
+    ctype = request.environ.get("CONTENT_TYPE", "")
+    mime = ctype.split(";", 1)[0].strip().lower()
+    if mime != "application/json":
+        raise ApiError(
+            415,
+            "unsupported media type",
+            f"Content-Type must be application/json, got {ctype or 'none'!r}",
+        )
+
+
+def content_length(limit: int) -> int:
+    """The declared body length, refusing a body over ``limit`` before reading any of it."""
+    raw = request.environ.get("CONTENT_LENGTH", "")
+    if not raw:
+        raise ApiError(411, "length required", "send a Content-Length header")
+    try:
+        length = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad request", "Content-Length is not an integer") from None
+    if length < 0:
+        raise ApiError(400, "bad request", "Content-Length is negative")
+    if length > limit:
+        raise ApiError(
+            413,
+            "payload too large",
+            f"body of {length} bytes exceeds the limit of {limit} bytes",
+            headers={"Connection": "close"},
+        )
+    return length
+
+
+def arm_read_timeout(seconds: float) -> None:
+    """Give the client's socket a read timeout, so a client that stops sending
+    half-way through a body frees its worker thread instead of holding it forever."""
+    sock = request.environ.get("gunicorn.socket")
+    if isinstance(sock, socket.socket):
+        sock.settimeout(seconds)
+
+
+def read_body(limit: int) -> bytes:
+    length = content_length(limit)
+    stream = request.environ["wsgi.input"]
+    parts: list[bytes] = []
+    remaining = length
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(READ_CHUNK, remaining))
+            if not chunk:
+                raise ApiError(
+                    400, "bad request", f"body ended after {length - remaining} of {length} bytes"
+                )
+            parts.append(chunk)
+            remaining -= len(chunk)
+    except (TimeoutError, OSError):
+        raise ApiError(
+            408,
+            "request timeout",
+            "the body did not arrive in time",
+            headers={"Connection": "close"},
+        ) from None
+    return b"".join(parts)
+
+
+class NonFiniteCounter:
+    """json.loads hook: turns NaN/Infinity tokens into None and counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, token: str) -> None:
+        self.count += 1
+
+
+def parse_json(body: bytes, counter: NonFiniteCounter | None = None) -> Any:
+    counter = counter or NonFiniteCounter()
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(
+            400, "invalid JSON", f"body is not valid UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
+    try:
+        return json.loads(text, parse_constant=counter)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, "invalid JSON", f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise ApiError(400, "invalid JSON", "nesting is too deep") from None
+    except ValueError as exc:
+        # e.g. an integer literal longer than Python's int/str digit limit.
+        raise ApiError(400, "invalid JSON", str(exc)) from None
+
+
+def read_json(limit: int, counter: NonFiniteCounter | None = None) -> Any:
+    require_json_content_type()
+    return parse_json(read_body(limit), counter)
+
+
+def is_finite_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and (not isinstance(value, float) or math.isfinite(value))
+    )

@@ -1,0 +1,109 @@
+"""Serving the app with gunicorn's gthread worker, embedded.
+
+Why gunicorn/gthread: it hands request bodies to the app as a stream (large
+backup uploads never sit in memory or a spool file), keeps answering /health
+while a slow upload is in progress, and on SIGTERM stops accepting, lets
+in-flight requests finish within ``graceful_timeout``, then exits 0.
+
+One worker process: the SQLite writer, the analysis queue and the in-memory
+rejection log all live in it. Concurrency comes from its threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from .app import create_app
+from .config import Config
+from .context import Companion
+
+log = logging.getLogger("chi_companion")
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_COUNT = 5
+
+
+def setup_logging(config: Config) -> None:
+    level = getattr(logging, config.server["log_level"].upper())
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root = logging.getLogger("chi_companion")
+    root.setLevel(level)
+    root.handlers.clear()
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(fmt)
+    root.addHandler(stderr)
+    logs_dir = config.data_dir / "logs"
+    if logs_dir.is_dir():
+        # The journal keeps stderr; this file goes to the NAS with the rest of the data.
+        rotating = logging.handlers.RotatingFileHandler(
+            logs_dir / "companion.log", maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_COUNT
+        )
+        rotating.setFormatter(fmt)
+        root.addHandler(rotating)
+
+
+class CompanionServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, config: Config) -> None:
+        self.companion_config = config
+        self.ctx: Companion | None = None
+        super().__init__()
+
+    def load_config(self) -> None:
+        server = self.companion_config.server
+        host = server["host"]
+        bind = f"[{host}]:{server['port']}" if ":" in host else f"{host}:{server['port']}"
+        settings: dict[str, Any] = {
+            "bind": [bind],
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": server["threads"],
+            "timeout": 60,
+            "graceful_timeout": server["graceful_timeout_seconds"],
+            "keepalive": 2,
+            "accesslog": "-",
+            "errorlog": "-",
+            "loglevel": server["log_level"],
+            "proc_name": "chi-companion",
+            # The hardened unit has a read-only filesystem outside the data dir
+            # and no home: gunicorn's runtime control socket has nowhere to live.
+            "control_socket_disable": True,
+            "post_worker_init": self._post_worker_init,
+            "worker_exit": self._worker_exit,
+        }
+        for key, value in settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        # Runs in the worker, after fork: threads and SQLite connections are per process.
+        self.ctx = Companion.from_config(self.companion_config)
+        return create_app(self.ctx)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.start_background()
+
+    def _worker_exit(self, server: Any, worker: Any) -> None:
+        if self.ctx is not None:
+            self.ctx.stop_background()
+            self.ctx.db.close_all()
+
+
+def serve(config: Config) -> int:
+    setup_logging(config)
+    master_ctx = Companion.from_config(config)
+    master_ctx.prepare_storage()
+    master_ctx.db.close_all()
+    # Logging is set up again: prepare_storage may just have created logs/.
+    setup_logging(config)
+    log.info(
+        "chi-companion listening on %s:%s, data in %s",
+        config.server["host"],
+        config.server["port"],
+        config.data_dir,
+    )
+    CompanionServer(config).run()
+    return 0

@@ -1,0 +1,341 @@
+"""Rows synced from the Pi, stored as JSON documents keyed by (device, table, id).
+
+Rows are documents rather than typed columns because the Pi's tables grow new
+columns when its app is upgraded and the companion must keep them without a
+server change or a migration; the one field analysis needs to find a drive
+(``drive_id``) is a generated column with an index.
+
+A sync request is validated completely before anything is written, then stored
+in a single transaction: a body is either stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from .clock import iso_z, now_iso, utc_now
+from .db import transaction
+from .http_json import ApiError
+
+TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MAX_ID = 2**63 - 1
+MAX_BATCH_ID = 200
+# Pruning the history costs a DELETE; doing it on every request while the Pi
+# posts every 5 s would be wasted work, so it runs every Nth sync.
+PRUNE_EVERY = 200
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS synced_rows (
+        device_id   TEXT    NOT NULL,
+        table_name  TEXT    NOT NULL,
+        row_id      INTEGER NOT NULL,
+        doc         TEXT    NOT NULL,
+        received_at TEXT    NOT NULL,
+        drive_id    INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.drive_id')) VIRTUAL,
+        PRIMARY KEY (device_id, table_name, row_id)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS synced_rows_by_drive
+        ON synced_rows (device_id, table_name, drive_id) WHERE drive_id IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS table_stats (
+        device_id        TEXT    NOT NULL,
+        table_name       TEXT    NOT NULL,
+        row_count        INTEGER NOT NULL,
+        max_row_id       INTEGER NOT NULL,
+        last_received_at TEXT    NOT NULL,
+        PRIMARY KEY (device_id, table_name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id     TEXT PRIMARY KEY,
+        last_drive_id INTEGER,
+        last_sync_at  TEXT,
+        last_batch_id TEXT
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS sync_history (
+        id           INTEGER PRIMARY KEY,
+        device_id    TEXT    NOT NULL,
+        batch_id     TEXT    NOT NULL,
+        received_at  TEXT    NOT NULL,
+        tables_json  TEXT    NOT NULL,
+        non_finite   INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sync_history_by_time ON sync_history (received_at)",
+]
+
+
+@dataclass
+class TableBatch:
+    name: str
+    rows: list[tuple[int, str]]  # (id, document) in arrival order
+
+
+@dataclass
+class SyncRequest:
+    device_id: str
+    batch_id: str
+    tables: list[TableBatch]
+    last_drive_id: int | None
+    non_finite: int = 0
+
+
+@dataclass
+class Rejection:
+    at: str
+    device_id: str | None
+    batch_id: str | None
+    status: int
+    error: str
+    detail: str
+
+
+@dataclass
+class SyncResult:
+    batch_id: str
+    synced_at: str
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    drive_data_received: bool = False
+    non_finite: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "batchId": self.batch_id,
+            "tablesProcessed": self.tables,
+            "syncedAt": self.synced_at,
+            "driveDataReceived": self.drive_data_received,
+            "nonFiniteValues": self.non_finite,
+        }
+
+
+def _bad(detail: str) -> ApiError:
+    # 422: well-formed JSON that the contract cannot accept. The Pi treats any
+    # non-429 4xx as "give up on this batch for now", which is what we want.
+    return ApiError(422, "invalid sync body", detail)
+
+
+def _scrub(value: Any) -> tuple[Any, int]:
+    """Replace non-finite floats (from tokens like 1e999) by None; count them."""
+    if isinstance(value, float):
+        return (value, 0) if math.isfinite(value) else (None, 1)
+    if isinstance(value, dict):
+        total = 0
+        for key, inner in value.items():
+            clean, n = _scrub(inner)
+            if n:
+                value[key] = clean
+                total += n
+        return value, total
+    if isinstance(value, list):
+        total = 0
+        for i, inner in enumerate(value):
+            clean, n = _scrub(inner)
+            if n:
+                value[i] = clean
+                total += n
+        return value, total
+    return value, 0
+
+
+def _valid_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_ID - 1 <= value <= MAX_ID
+
+
+def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
+    """Check a parsed sync body against the contract; raise a 4xx naming the bad field."""
+    if not isinstance(body, dict):
+        raise _bad("body must be a JSON object")
+    device_id = body.get("deviceId")
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+        raise _bad("deviceId must be a string of 1-64 characters A-Z a-z 0-9 . _ -")
+    batch_id = body.get("batchId")
+    if not isinstance(batch_id, str) or not (0 < len(batch_id) <= MAX_BATCH_ID):
+        raise _bad(f"batchId must be a non-empty string of at most {MAX_BATCH_ID} characters")
+    tables_raw = body.get("tables")
+    if not isinstance(tables_raw, dict):
+        raise _bad("tables must be an object of {tableName: {lastSyncedId, rows}}")
+    last_drive_id: int | None = None
+    if "driveCounter" in body and body["driveCounter"] is not None:
+        counter = body["driveCounter"]
+        if not isinstance(counter, dict) or not _valid_int(counter.get("lastDriveId")):
+            raise _bad('driveCounter must be {"lastDriveId": <integer>}')
+        last_drive_id = counter["lastDriveId"]
+    non_finite = non_finite_tokens
+    tables: list[TableBatch] = []
+    for name, table in tables_raw.items():
+        if not TABLE_NAME_RE.match(name):
+            raise _bad(
+                f"table name {name[:80]!r} is not a safe identifier "
+                "(letters, digits, underscore; at most 64)"
+            )
+        if not isinstance(table, dict):
+            raise _bad(f"tables.{name} must be an object with rows")
+        last_synced = table.get("lastSyncedId")
+        if last_synced is not None and not _valid_int(last_synced):
+            raise _bad(f"tables.{name}.lastSyncedId must be an integer")
+        rows = table.get("rows")
+        if not isinstance(rows, list):
+            raise _bad(f"tables.{name}.rows must be an array")
+        batch: list[tuple[int, str]] = []
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict):
+                raise _bad(f"tables.{name}.rows[{index}] must be an object")
+            row_id = row.get("id")
+            if not _valid_int(row_id):
+                raise _bad(
+                    f"tables.{name}.rows[{index}].id must be a 64-bit integer, "
+                    f"got {json.dumps(row_id)[:40] if row_id is not None else 'nothing'}"
+                )
+            clean, scrubbed = _scrub(row)
+            non_finite += scrubbed
+            batch.append((row_id, json.dumps(clean, separators=(",", ":"), allow_nan=False)))
+        tables.append(TableBatch(name, batch))
+    return SyncRequest(device_id, batch_id, tables, last_drive_id, non_finite)
+
+
+class SyncStore:
+    def __init__(self, history_max_age_days: int, history_max_entries: int) -> None:
+        self.history_max_age = timedelta(days=history_max_age_days)
+        self.history_max_entries = history_max_entries
+        self._since_prune = 0
+        # Recent rejections, kept in memory for /sync/status: what the operator
+        # needs to see why a table's sync stalls, without storing rejected data.
+        self.rejections: deque[Rejection] = deque(maxlen=100)
+
+    def record_rejection(
+        self, device_id: str | None, batch_id: str | None, status: int, error: str, detail: Any
+    ) -> None:
+        self.rejections.append(
+            Rejection(now_iso(), device_id, batch_id, status, error, str(detail)[:500])
+        )
+
+    def store(self, conn: sqlite3.Connection, req: SyncRequest) -> SyncResult:
+        received_at = now_iso()
+        result = SyncResult(req.batch_id, received_at, non_finite=req.non_finite)
+        with transaction(conn):
+            for table in req.tables:
+                result.tables[table.name] = self._upsert(conn, req.device_id, table, received_at)
+                if table.name == "realtime_data" and table.rows:
+                    result.drive_data_received = True
+            conn.execute(
+                """INSERT INTO devices (device_id, last_drive_id, last_sync_at, last_batch_id)
+                   VALUES (?, ?, ?, ?)
+                   ON CONFLICT (device_id) DO UPDATE SET
+                     last_drive_id = CASE
+                       WHEN excluded.last_drive_id IS NULL THEN devices.last_drive_id
+                       WHEN devices.last_drive_id IS NULL THEN excluded.last_drive_id
+                       ELSE max(devices.last_drive_id, excluded.last_drive_id) END,
+                     last_sync_at = excluded.last_sync_at,
+                     last_batch_id = excluded.last_batch_id""",
+                (req.device_id, req.last_drive_id, received_at, req.batch_id),
+            )
+            conn.execute(
+                """INSERT INTO sync_history (device_id, batch_id, received_at, tables_json,
+                   non_finite) VALUES (?, ?, ?, ?, ?)""",
+                (
+                    req.device_id,
+                    req.batch_id,
+                    received_at,
+                    json.dumps(result.tables),
+                    req.non_finite,
+                ),
+            )
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                self.prune_history(conn)
+        return result
+
+    def _upsert(
+        self, conn: sqlite3.Connection, device_id: str, table: TableBatch, received_at: str
+    ) -> dict[str, int]:
+        if not table.rows:
+            return {"inserted": 0, "updated": 0, "errors": 0}
+        ids = [row_id for row_id, _ in table.rows]
+        existing = {
+            r[0]
+            for r in conn.execute(
+                """SELECT row_id FROM synced_rows
+                   WHERE device_id = ? AND table_name = ?
+                     AND row_id IN (SELECT value FROM json_each(?))""",
+                (device_id, table.name, json.dumps(ids)),
+            )
+        }
+        inserted = updated = 0
+        seen = existing
+        for row_id in ids:
+            if row_id in seen:
+                updated += 1
+            else:
+                inserted += 1
+                seen.add(row_id)
+        conn.executemany(
+            """INSERT INTO synced_rows (device_id, table_name, row_id, doc, received_at)
+               VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (device_id, table_name, row_id) DO UPDATE SET
+                 doc = excluded.doc, received_at = excluded.received_at""",
+            [(device_id, table.name, row_id, doc, received_at) for row_id, doc in table.rows],
+        )
+        conn.execute(
+            """INSERT INTO table_stats (device_id, table_name, row_count, max_row_id,
+                 last_received_at) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (device_id, table_name) DO UPDATE SET
+                 row_count = table_stats.row_count + excluded.row_count,
+                 max_row_id = max(table_stats.max_row_id, excluded.max_row_id),
+                 last_received_at = excluded.last_received_at""",
+            (device_id, table.name, inserted, max(ids), received_at),
+        )
+        return {"inserted": inserted, "updated": updated, "errors": 0}
+
+    def prune_history(self, conn: sqlite3.Connection) -> int:
+        cutoff = iso_z(utc_now() - self.history_max_age)
+        deleted = conn.execute("DELETE FROM sync_history WHERE received_at < ?", (cutoff,)).rowcount
+        deleted += conn.execute(
+            """DELETE FROM sync_history WHERE id <= (
+                 SELECT max(id) FROM sync_history) - ?""",
+            (self.history_max_entries,),
+        ).rowcount
+        return deleted
+
+    def status(self, conn: sqlite3.Connection, device_id: str) -> dict[str, Any]:
+        tables = {
+            name: {"rows": count, "maxId": max_id, "lastReceivedAt": last}
+            for name, count, max_id, last in conn.execute(
+                """SELECT table_name, row_count, max_row_id, last_received_at
+                   FROM table_stats WHERE device_id = ? ORDER BY table_name""",
+                (device_id,),
+            )
+        }
+        row = conn.execute(
+            "SELECT last_drive_id, last_sync_at, last_batch_id FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        last_drive_id, last_sync_at, last_batch_id = row if row else (None, None, None)
+        return {
+            "deviceId": device_id,
+            "lastSyncAt": last_sync_at,
+            "lastBatchId": last_batch_id,
+            "driveCounter": {"lastDriveId": last_drive_id},
+            "tables": tables,
+            "recentRejections": [
+                {
+                    "at": r.at,
+                    "batchId": r.batch_id,
+                    "status": r.status,
+                    "error": r.error,
+                    "detail": r.detail,
+                }
+                for r in self.rejections
+                if r.device_id == device_id
+            ][-20:],
+        }
+
+    @staticmethod
+    def last_sync_per_device(conn: sqlite3.Connection) -> dict[str, str | None]:
+        return dict(conn.execute("SELECT device_id, last_sync_at FROM devices"))

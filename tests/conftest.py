@@ -1,0 +1,32 @@
+"""Shared fixtures: a real companion process on 127.0.0.1 with a real data directory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.companion_process import Companion
+
+
+@pytest.fixture
+def make_companion(tmp_path: Path) -> Iterator[Callable[..., Companion]]:
+    started: list[Companion] = []
+
+    def factory(start: bool = True, **overrides: dict[str, Any]) -> Companion:
+        base = tmp_path / f"companion{len(started)}"
+        base.mkdir()
+        comp = Companion(base, overrides)
+        started.append(comp)
+        return comp.start() if start else comp
+
+    yield factory
+    for comp in started:
+        comp.stop()
+
+
+@pytest.fixture
+def companion(make_companion: Callable[..., Companion]) -> Companion:
+    return make_companion()
