@@ -95,6 +95,14 @@ host_mount() {
             -o "lowerdir=$lower,upperdir=$hostdir/upper,workdir=$hostdir/work" "$hostdir/root"
         echo changed
     fi
+    # Per-host identity the shared image deliberately lacks; written once, kept across reboots.
+    local root="$hostdir/root"
+    if [[ ! -s $root/etc/machine-id ]]; then
+        tr -d '-' </proc/sys/kernel/random/uuid >"$root/etc/machine-id"
+    fi
+    if ! compgen -G "$root/etc/ssh/ssh_host_*_key" >/dev/null; then
+        ssh-keygen -q -A -f "$root"
+    fi
 }
 
 launcher_alive() {

@@ -37,6 +37,7 @@ Command line, mirroring the real binary:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -50,7 +51,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -71,30 +72,98 @@ REGISTRY_HOST = "registry.ollama.ai"
 # The emulated registry: what `pull` can fetch. Sizes/details are those the real registry
 # shows for these tags, so `ollama list` output looks familiar.
 _CATALOGUE: dict[str, dict[str, Any]] = {
-    "gemma2:2b": {"size": 1629518495, "family": "gemma2", "params": "2.6B", "quant": "Q4_0",
-                  "ctx": 8192},
-    "gemma2:9b": {"size": 5443152417, "family": "gemma2", "params": "9.2B", "quant": "Q4_0",
-                  "ctx": 8192},
-    "gemma2:latest": {"size": 5443152417, "family": "gemma2", "params": "9.2B",
-                      "quant": "Q4_0", "ctx": 8192},
-    "gemma3:1b": {"size": 815319791, "family": "gemma3", "params": "999.89M",
-                  "quant": "Q4_K_M", "ctx": 32768},
-    "llama3.2:1b": {"size": 1321098329, "family": "llama", "params": "1.2B", "quant": "Q8_0",
-                    "ctx": 131072},
-    "llama3.2:3b": {"size": 2019393189, "family": "llama", "params": "3.2B",
-                    "quant": "Q4_K_M", "ctx": 131072},
-    "llama3.2:latest": {"size": 2019393189, "family": "llama", "params": "3.2B",
-                        "quant": "Q4_K_M", "ctx": 131072},
-    "qwen2.5:0.5b": {"size": 397821319, "family": "qwen2", "params": "494.03M",
-                     "quant": "Q4_K_M", "ctx": 32768},
+    "gemma2:2b": {
+        "size": 1629518495,
+        "family": "gemma2",
+        "params": "2.6B",
+        "quant": "Q4_0",
+        "ctx": 8192,
+    },
+    "gemma2:9b": {
+        "size": 5443152417,
+        "family": "gemma2",
+        "params": "9.2B",
+        "quant": "Q4_0",
+        "ctx": 8192,
+    },
+    "gemma2:latest": {
+        "size": 5443152417,
+        "family": "gemma2",
+        "params": "9.2B",
+        "quant": "Q4_0",
+        "ctx": 8192,
+    },
+    "gemma3:1b": {
+        "size": 815319791,
+        "family": "gemma3",
+        "params": "999.89M",
+        "quant": "Q4_K_M",
+        "ctx": 32768,
+    },
+    "llama3.2:1b": {
+        "size": 1321098329,
+        "family": "llama",
+        "params": "1.2B",
+        "quant": "Q8_0",
+        "ctx": 131072,
+    },
+    "llama3.2:3b": {
+        "size": 2019393189,
+        "family": "llama",
+        "params": "3.2B",
+        "quant": "Q4_K_M",
+        "ctx": 131072,
+    },
+    "llama3.2:latest": {
+        "size": 2019393189,
+        "family": "llama",
+        "params": "3.2B",
+        "quant": "Q4_K_M",
+        "ctx": 131072,
+    },
+    "qwen2.5:0.5b": {
+        "size": 397821319,
+        "family": "qwen2",
+        "params": "494.03M",
+        "quant": "Q4_K_M",
+        "ctx": 32768,
+    },
 }
-_GENERIC_ENTRY = {"size": 1000000000, "family": "llama", "params": "1.0B", "quant": "Q4_0",
-                  "ctx": 8192}
+_GENERIC_ENTRY = {
+    "size": 1000000000,
+    "family": "llama",
+    "params": "1.0B",
+    "quant": "Q4_0",
+    "ctx": 8192,
+}
 
 # Words in prompts that look like parameter names but are not.
 _STOPWORDS = {
-    "JSON", "OBD", "II", "DTC", "DTCS", "API", "UTC", "ISO", "HTTP", "URL", "ID", "AND", "THE",
-    "NOT", "FOR", "YOU", "ARE", "MIN", "MAX", "MEAN", "OK", "N/A", "NULL", "TRUE", "FALSE",
+    "JSON",
+    "OBD",
+    "II",
+    "DTC",
+    "DTCS",
+    "API",
+    "UTC",
+    "ISO",
+    "HTTP",
+    "URL",
+    "ID",
+    "AND",
+    "THE",
+    "NOT",
+    "FOR",
+    "YOU",
+    "ARE",
+    "MIN",
+    "MAX",
+    "MEAN",
+    "OK",
+    "N/A",
+    "NULL",
+    "TRUE",
+    "FALSE",
 }
 
 
@@ -106,7 +175,7 @@ def normalize_name(name: str) -> str:
     name = name.strip()
     for prefix in (f"{REGISTRY_HOST}/library/", f"{REGISTRY_HOST}/"):
         if name.startswith(prefix):
-            name = name[len(prefix):]
+            name = name[len(prefix) :]
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         name = f"{name}:latest"
@@ -115,7 +184,7 @@ def normalize_name(name: str) -> str:
 
 def go_time(ts: float | None = None) -> str:
     """A timestamp formatted like Go's time.Time JSON (RFC 3339 with nanoseconds)."""
-    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
 
 
@@ -215,10 +284,10 @@ def _resolve(schema: Any, root: dict[str, Any]) -> Any:
         if not ref.startswith("#"):
             return {}
         node: Any = root
-        for part in ref.lstrip("#").strip("/").split("/"):
-            if not part:
+        for raw_part in ref.lstrip("#").strip("/").split("/"):
+            if not raw_part:
                 continue
-            part = part.replace("~1", "/").replace("~0", "~")
+            part = raw_part.replace("~1", "/").replace("~0", "~")
             node = node.get(part, {}) if isinstance(node, dict) else {}
         merged = dict(node) if isinstance(node, dict) else {}
         merged.update({k: v for k, v in schema.items() if k != "$ref"})
@@ -254,18 +323,21 @@ def _number(schema: dict[str, Any], key: str, integer: bool, index: int) -> floa
         if high is not None and value > high:
             value = math.floor(high / multiple) * multiple
     if integer:
-        return int(math.ceil(value)) if low is not None and value < low else int(value)
+        whole = math.ceil(value)
+        if high is not None and whole > high:
+            whole = math.floor(high)
+        return int(whole)
     return round(float(value), 6)
 
 
 def _string(schema: dict[str, Any], key: str, ctx: _Context) -> str:
     fmt = schema.get("format")
     if fmt == "date-time":
-        return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if fmt == "date":
-        return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        return datetime.now(UTC).strftime("%Y-%m-%d")
     if fmt == "time":
-        return datetime.now(timezone.utc).strftime("%H:%M:%SZ")
+        return datetime.now(UTC).strftime("%H:%M:%SZ")
     if fmt == "email":
         return "emulator@example.invalid"
     if fmt in {"uri", "url"}:
@@ -289,8 +361,9 @@ def _string(schema: dict[str, Any], key: str, ctx: _Context) -> str:
     return text
 
 
-def instance_for(schema: Any, ctx: _Context, root: dict[str, Any] | None = None,
-                 key: str = "", index: int = 0) -> Any:
+def instance_for(
+    schema: Any, ctx: _Context, root: dict[str, Any] | None = None, key: str = "", index: int = 0
+) -> Any:
     """A value valid against `schema` (the subset of JSON Schema structured outputs use)."""
     if root is None:
         root = schema if isinstance(schema, dict) else {}
@@ -305,8 +378,8 @@ def instance_for(schema: Any, ctx: _Context, root: dict[str, Any] | None = None,
         return schema["enum"][0]
     if isinstance(schema.get("allOf"), list):
         merged: dict[str, Any] = {}
-        for part in schema["allOf"]:
-            part = _resolve(part, root)
+        for raw_part in schema["allOf"]:
+            part = _resolve(raw_part, root)
             if isinstance(part, dict):
                 for name, value in part.items():
                     if name == "properties" and isinstance(value, dict):
@@ -405,8 +478,9 @@ def break_schema(schema: Any, valid: Any, root: dict[str, Any] | None = None) ->
 
 
 class _Fault:
-    def __init__(self, kind: str = "none", times: int | None = None,
-                 paths: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self, kind: str = "none", times: int | None = None, paths: tuple[str, ...] | None = None
+    ) -> None:
         self.kind = kind
         self.remaining = times
         self.paths = paths
@@ -528,15 +602,11 @@ class _Store:
         if model is None:
             return False
         if self.models_dir is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self._manifest_path(name).unlink()
-            except FileNotFoundError:
-                pass
             for digest, _ in model.layers():
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     (self.models_dir / "blobs" / f"sha256-{digest}").unlink()
-                except FileNotFoundError:
-                    pass
         return True
 
 
@@ -576,7 +646,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.sockets_lock:
                 self.server.open_sockets.discard(self.connection)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         if self.server.emulator.log_requests:
             sys.stderr.write(f"[GIN-emulator] {self.address_string()} {format % args}\n")
 
@@ -631,10 +701,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _drop(self) -> None:
         """Close the connection without any response, as a crashed server would."""
         self.close_connection = True
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     # -- dispatch
     def do_GET(self) -> None:
@@ -697,8 +765,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if "delay_seconds" in data:
                     emu.delay_seconds = float(data["delay_seconds"])
                 paths = data.get("paths")
-                emu.set_fault(str(data.get("kind", "none")), data.get("times"),
-                              tuple(paths) if isinstance(paths, list) else None)
+                emu.set_fault(
+                    str(data.get("kind", "none")),
+                    data.get("times"),
+                    tuple(paths) if isinstance(paths, list) else None,
+                )
             except (TypeError, ValueError) as exc:
                 self._send_json(400, {"error": str(exc)})
                 return
@@ -768,24 +839,27 @@ class _Handler(BaseHTTPRequestHandler):
         if model is None:
             self._send_json(404, {"error": f"model '{requested}' not found"})
             return
-        self._send_json(200, {
-            "license": "Emulated model: no license text (test double).",
-            "modelfile": (
-                '# Modelfile generated by "ollama show"\n'
-                f"# To build a new Modelfile based on this, replace FROM with:\n"
-                f"# FROM {model.name}\n\nFROM {model.name}\n"
-            ),
-            "parameters": 'stop                           "<end_of_turn>"',
-            "template": "{{ .Prompt }}",
-            "details": model.details(),
-            "model_info": {
-                "general.architecture": model.family,
-                "general.parameter_count": 2614341888,
-                f"{model.family}.context_length": model.ctx,
+        self._send_json(
+            200,
+            {
+                "license": "Emulated model: no license text (test double).",
+                "modelfile": (
+                    '# Modelfile generated by "ollama show"\n'
+                    f"# To build a new Modelfile based on this, replace FROM with:\n"
+                    f"# FROM {model.name}\n\nFROM {model.name}\n"
+                ),
+                "parameters": 'stop                           "<end_of_turn>"',
+                "template": "{{ .Prompt }}",
+                "details": model.details(),
+                "model_info": {
+                    "general.architecture": model.family,
+                    "general.parameter_count": 2614341888,
+                    f"{model.family}.context_length": model.ctx,
+                },
+                "capabilities": ["completion"],
+                "modified_at": go_time(model.modified),
             },
-            "capabilities": ["completion"],
-            "modified_at": go_time(model.modified),
-        })
+        )
 
     def h_delete(self, body: dict[str, Any], fault: str) -> None:
         emu = self.server.emulator
@@ -817,8 +891,12 @@ class _Handler(BaseHTTPRequestHandler):
                 for fraction in (0.0, 0.5, 1.0):
                     if emu.pull_step_seconds:
                         time.sleep(emu.pull_step_seconds)
-                    yield {"status": f"pulling {short}", "digest": f"sha256:{digest}",
-                           "total": size, "completed": int(size * fraction)}
+                    yield {
+                        "status": f"pulling {short}",
+                        "digest": f"sha256:{digest}",
+                        "total": size,
+                        "completed": int(size * fraction),
+                    }
             yield {"status": "verifying sha256 digest"}
             yield {"status": "writing manifest"}
 
@@ -866,9 +944,7 @@ class _Handler(BaseHTTPRequestHandler):
             if not isinstance(messages, list):
                 self._send_json(400, {"error": "messages must be a list"})
                 return
-            prompt = "\n".join(
-                str(m.get("content", "")) for m in messages if isinstance(m, dict)
-            )
+            prompt = "\n".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
             empty = not messages
         else:
             prompt = str(body.get("system") or "") + "\n" + str(body.get("prompt") or "")
@@ -909,7 +985,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._start_stream()
         for start in range(0, len(content), 16):
-            piece = content[start:start + 16]
+            piece = content[start : start + 16]
             chunk = dict(base, created_at=go_time(), done=False)
             if chat:
                 chunk["message"] = {"role": "assistant", "content": piece}
@@ -955,6 +1031,7 @@ class OllamaEmulator:
         self,
         models: Iterable[str] = ("gemma2:2b",),
         version: str = EMULATOR_VERSION,
+        *,
         host: str = DEFAULT_HOST,
         port: int = 0,
         models_dir: str | os.PathLike[str] | None = None,
@@ -969,9 +1046,9 @@ class OllamaEmulator:
         self.log_requests = log_requests
         self._lock = threading.Lock()
         self._store = _Store(Path(models_dir) if models_dir is not None else None)
-        self._registry = set(_CATALOGUE) if registry is None else {
-            normalize_name(n) for n in registry
-        }
+        self._registry = (
+            set(_CATALOGUE) if registry is None else {normalize_name(n) for n in registry}
+        )
         self._fault = _Fault()
         self._requests: list[tuple[str, str, Any]] = []
         self._loaded: dict[str, float] = {}
@@ -988,8 +1065,10 @@ class OllamaEmulator:
         self._server = _Server((self.host, self.port), self)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name="ollama-emulator", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="ollama-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -1013,10 +1092,8 @@ class OllamaEmulator:
         with server.sockets_lock:
             sockets = list(server.open_sockets)
         for sock in sockets:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
@@ -1065,8 +1142,9 @@ class OllamaEmulator:
                 self._loaded[name] = time.time() + keep_alive
 
     # -- faults
-    def set_fault(self, kind: str, times: int | None = None,
-                  paths: Iterable[str] | None = None) -> None:
+    def set_fault(
+        self, kind: str, times: int | None = None, paths: Iterable[str] | None = None
+    ) -> None:
         """Inject a fault for the next `times` matching requests (None: until cleared).
 
         By default http500/drop/slow hit every API request and invalid_json/schema_invalid
@@ -1077,8 +1155,11 @@ class OllamaEmulator:
         if times is not None and int(times) < 1:
             raise ValueError("times must be >= 1 or None")
         with self._lock:
-            self._fault = _Fault(kind, None if times is None else int(times),
-                                 tuple(paths) if paths is not None else None)
+            self._fault = _Fault(
+                kind,
+                None if times is None else int(times),
+                tuple(paths) if paths is not None else None,
+            )
 
     @property
     def fault(self) -> str:
@@ -1137,10 +1218,12 @@ class OllamaEmulator:
         if fmt == "json":
             if fault == "schema_invalid":
                 return json.dumps(["json", "mode", "without", "an", "object"])
-            return json.dumps({
-                "response": f"Emulated answer from {model}.",
-                "parameters": ctx.params,
-            })
+            return json.dumps(
+                {
+                    "response": f"Emulated answer from {model}.",
+                    "parameters": ctx.params,
+                }
+            )
         names = ", ".join(ctx.params[:4])
         return f"Emulated answer from {model} (Ollama API emulator). The prompt mentions {names}."
 
@@ -1159,8 +1242,9 @@ def _client_url() -> str:
 
 def _api(method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(_client_url() + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        _client_url() + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     return urllib.request.urlopen(request, timeout=timeout)
 
 
@@ -1200,8 +1284,10 @@ def _cmd_list() -> int:
         return _connect_error()
     print(f"{'NAME':<24}{'ID':<16}{'SIZE':<10}MODIFIED")
     for model in models:
-        print(f"{model['name']:<24}{model['digest'][:12]:<16}"
-              f"{_human_size(int(model['size'])):<10}{model['modified_at']}")
+        print(
+            f"{model['name']:<24}{model['digest'][:12]:<16}"
+            f"{_human_size(int(model['size'])):<10}{model['modified_at']}"
+        )
     return 0
 
 
@@ -1213,8 +1299,10 @@ def _cmd_ps() -> int:
         return _connect_error()
     print(f"{'NAME':<24}{'ID':<16}{'SIZE':<10}{'PROCESSOR':<12}UNTIL")
     for model in models:
-        print(f"{model['name']:<24}{model['digest'][:12]:<16}"
-              f"{_human_size(int(model['size'])):<10}{'100% CPU':<12}{model['expires_at']}")
+        print(
+            f"{model['name']:<24}{model['digest'][:12]:<16}"
+            f"{_human_size(int(model['size'])):<10}{'100% CPU':<12}{model['expires_at']}"
+        )
     return 0
 
 
@@ -1250,8 +1338,8 @@ def _cmd_rm(name: str) -> int:
 
 
 def _log(message: str) -> None:
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    sys.stderr.write(f"time={stamp} level=INFO source=emulator.py msg=\"{message}\"\n")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    sys.stderr.write(f'time={stamp} level=INFO source=emulator.py msg="{message}"\n')
     sys.stderr.flush()
 
 
@@ -1267,12 +1355,20 @@ def _cmd_serve() -> int:
         probe.unlink()
     except OSError as exc:
         # Real Ollama stops the same way when OLLAMA_MODELS is not writable by its user.
-        print(f"Error: mkdir {blobs}: {exc.strerror.lower() if exc.strerror else exc}",
-              file=sys.stderr)
+        print(
+            f"Error: mkdir {blobs}: {exc.strerror.lower() if exc.strerror else exc}",
+            file=sys.stderr,
+        )
         return 1
     registry_extra = [n for n in os.environ.get("OLLAMA_EMULATOR_REGISTRY", "").split(",") if n]
-    emulator = OllamaEmulator(models=(), version=EMULATOR_VERSION, host=host, port=port,
-                              models_dir=models_dir, log_requests=True)
+    emulator = OllamaEmulator(
+        models=(),
+        version=EMULATOR_VERSION,
+        host=host,
+        port=port,
+        models_dir=models_dir,
+        log_requests=True,
+    )
     for name in registry_extra:
         emulator.add_to_registry(name)
     delay = os.environ.get("OLLAMA_EMULATOR_PULL_STEP_SECONDS")
@@ -1288,11 +1384,9 @@ def _cmd_serve() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     _log("Ollama API emulator: a TEST DOUBLE, no model runs here")
-    _log(f"server config env=\"OLLAMA_HOST:{host}:{port} OLLAMA_MODELS:{models_dir}\"")
+    _log(f'server config env="OLLAMA_HOST:{host}:{port} OLLAMA_MODELS:{models_dir}"')
     _log(f"total models {len(emulator.models)}: {' '.join(emulator.models)}")
     try:
-        emulator._server = None
-        threading.Timer(0, lambda: None).start()
         _log(f"Listening on {host}:{port} (version {EMULATOR_VERSION})")
         emulator.serve_forever()
     except OSError as exc:

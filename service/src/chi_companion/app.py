@@ -95,6 +95,8 @@ def create_app(ctx: Companion) -> Bottle:
             if isinstance(body, dict) and isinstance(body.get("batchId"), str):
                 batch_id = body["batchId"][:200]
             req = validate(body, counter.count)
+            if principal.is_operator:
+                raise ApiError(403, "forbidden", "rows are synced with the device's own key")
             principal.require_device(req.device_id)
         except ApiError as exc:
             ctx.sync.record_rejection(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import fcntl
 import gzip
 import hashlib
@@ -28,6 +27,7 @@ import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -82,8 +82,8 @@ CONFIG_SEARCH_HELP = """\
 configuration file (TOML; command-line options win over it), first one found:
   --config PATH, $CHI_COMPANION_PUSH_CONFIG, $XDG_CONFIG_HOME/chi-companion-push.toml
   (default ~/.config/chi-companion-push.toml), /etc/chi-companion-push.toml
-keys: server, key_file, device_id, db, logs, state_dir, timeout, ping_timeout, retries,
-      backoff, compress_level, limit_rate, ca_file
+keys: server, key_file, device_id, db, logs, state_dir, timeout, ping_timeout, wait,
+      retries, backoff, compress_level, limit_rate, ca_file
 """
 
 BACKUP_TYPES = ("database", "logs", "config")
@@ -252,6 +252,7 @@ class Config:
     state_dir: str = ""
     timeout: float = 30.0
     ping_timeout: float = 3.0
+    wait: float = 0.0  # keep pinging this long before giving up (WiFi just came up)
     retries: int = 5
     backoff: float = 1.0
     compress_level: int = 6
@@ -271,6 +272,7 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "state_dir": (str,),
     "timeout": (int, float),
     "ping_timeout": (int, float),
+    "wait": (int, float),
     "retries": (int,),
     "backoff": (int, float),
     "compress_level": (int,),
@@ -278,6 +280,8 @@ CONFIG_KEYS: dict[str, tuple[type, ...]] = {
     "ca_file": (str,),
 }
 PATH_KEYS = ("key_file", "db", "logs", "state_dir", "ca_file")
+# The id becomes a URL path segment and a directory name on the server.
+DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def default_config_paths() -> list[Path]:
@@ -352,12 +356,12 @@ def validate_config(cfg: Config, *, need_db: bool) -> None:
     parts = urllib.parse.urlsplit(cfg.server)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"server must be an http:// or https:// URL, got {cfg.server!r}")
-    if not cfg.device_id.replace("-", "").replace("_", "").replace(".", "").isalnum():
+    if not DEVICE_ID_RE.fullmatch(cfg.device_id):
         raise UsageError(f"device id {cfg.device_id!r} may hold only letters, digits, '-_.'")
     if cfg.timeout <= 0 or cfg.ping_timeout <= 0:
         raise UsageError("timeout and ping_timeout must be positive")
-    if cfg.retries < 0 or cfg.backoff < 0 or cfg.limit_rate < 0:
-        raise UsageError("retries, backoff and limit_rate must not be negative")
+    if cfg.retries < 0 or cfg.backoff < 0 or cfg.limit_rate < 0 or cfg.wait < 0:
+        raise UsageError("retries, backoff, limit_rate and wait must not be negative")
     if not 0 <= cfg.compress_level <= 9:
         raise UsageError("compress_level must be 0..9")
     cfg.key = read_key_file(Path(cfg.key_file))
@@ -435,6 +439,7 @@ class RateLimiter:
 class Client:
     def __init__(self, cfg: Config, ui: Ui) -> None:
         parts = urllib.parse.urlsplit(cfg.server)
+        self.server = cfg.server
         self.scheme = parts.scheme
         self.host = parts.hostname or ""
         self.port = parts.port
@@ -499,6 +504,9 @@ class Client:
             resp = conn.getresponse()
             resp_headers = {k.lower(): v for k, v in resp.getheaders()}
             if sink is not None and resp.status == 200:
+                length = resp_headers.get("content-length", "")
+                if progress is not None and length.isdigit():
+                    progress.total = int(length)
                 self._receive_body(resp, sink, progress)
                 return Response(resp.status, resp_headers, b"")
             limit = MAX_JSON_BODY if 200 <= resp.status < 300 else MAX_ERROR_BODY
@@ -542,6 +550,8 @@ class Client:
 
     @staticmethod
     def _early_response(conn: http.client.HTTPConnection) -> Response | None:
+        if conn.sock is None:
+            return None  # never connected: there is no answer to read
         try:
             resp = conn.getresponse()
             headers = {k.lower(): v for k, v in resp.getheaders()}
@@ -571,7 +581,9 @@ class Client:
                 with contextlib.suppress(KeyError, ValueError):
                     retry_after = float(resp.headers["retry-after"])
             if attempt == attempts:
-                raise RetriesExhaustedError(f"{what}: gave up after {attempts} attempt(s): {reason}")
+                raise RetriesExhaustedError(
+                    f"{what}: gave up after {attempts} attempt(s): {reason}"
+                )
             delay = min(BACKOFF_CAP, self.backoff * 2 ** (attempt - 1))
             delay = max(delay, min(retry_after, BACKOFF_CAP))
             # Jitter so the cron run and a dispatcher run do not retry in lockstep.
@@ -587,11 +599,12 @@ class Client:
             resp = self.request("GET", "/api/v1/ping", timeout=timeout)
         except TransientError as exc:
             raise UnreachableError(
-                f"server {self.scheme}://{self.host} is not reachable ({exc}); nothing pushed"
+                f"server {self.server} is not reachable ({exc}); nothing pushed"
             ) from exc
         if resp.status in (401, 403):
-            raise AuthError(f"the server refused the key for device {self.device_id}: "
-                            f"{resp.message()}")
+            raise AuthError(
+                f"the server refused the key for device {self.device_id}: {resp.message()}"
+            )
         if not 200 <= resp.status < 300:
             raise UnreachableError(f"/api/v1/ping answered {resp.message()}; nothing pushed")
         data = resp.json()
@@ -599,16 +612,22 @@ class Client:
         other = data.get("deviceId")
         if isinstance(other, str) and other and other != self.device_id:
             # Caught here rather than as a 403 on the first upload, with a clearer message.
-            raise AuthError(f"the key in the key file belongs to device {other!r}, "
-                            f"not {self.device_id!r}")
+            raise AuthError(
+                f"the key in the key file belongs to device {other!r}, not {self.device_id!r}"
+            )
         return data
 
-    def list_backups(self, backup_type: str | None) -> list[dict[str, Any]]:
+    def list_backups(self, backup_type: str | None, *, retry: bool = True) -> list[dict[str, Any]]:
         query = {"deviceId": self.device_id}
         if backup_type:
             query["type"] = backup_type
         path = "/api/v1/backups?" + urllib.parse.urlencode(query)
-        resp = self.with_retries("list backups", lambda _attempt: self.request("GET", path))
+        if retry:
+            resp = self.with_retries("list backups", lambda _attempt: self.request("GET", path))
+        else:
+            resp = self.request("GET", path)
+            if resp.status == 429 or resp.status >= 500:
+                raise TransientError(f"list backups: {resp.message()}")
         check_status(resp, "list backups", (200,))
         data = resp.json()
         backups = data.get("backups") if isinstance(data, dict) else None
@@ -623,6 +642,21 @@ def check_status(resp: Response, what: str, ok: tuple[int, ...]) -> None:
     if resp.status in (401, 403):
         raise AuthError(f"{what}: the server refused the key: {resp.message()}")
     raise RejectedError(f"{what}: the server rejected it: {resp.message()}")
+
+
+def wait_for_server(client: Client, cfg: Config, ui: Ui) -> None:
+    """Ping once, or for up to cfg.wait seconds: right after the WiFi comes up, DHCP, DNS and
+    the route may need a few seconds, and the dispatcher hook fires before they settle."""
+    deadline = time.monotonic() + cfg.wait
+    while True:
+        try:
+            client.ping(cfg.ping_timeout)
+            return
+        except UnreachableError:
+            if time.monotonic() + 2 > deadline:
+                raise
+            ui.info(f"server not reachable yet; trying for {deadline - time.monotonic():.0f}s more")
+            time.sleep(2)
 
 
 def describe_oserror(exc: BaseException) -> str:
@@ -699,6 +733,7 @@ def snapshot_database(live: Path, dest: Path) -> dict[str, Any]:
         dst = sqlite3.connect(str(dest))
         try:
             src.backup(dst, pages=-1)
+            copied = time.monotonic()
             result = quick_check(dst)
         finally:
             dst.close()
@@ -712,7 +747,11 @@ def snapshot_database(live: Path, dest: Path) -> dict[str, Any]:
     if any(p.stat().st_size for p in leftovers):
         # Everything must be in the main file before it is compressed, or the backup is short.
         raise LocalError(f"snapshot {dest} left a non-empty journal behind")
-    return {"seconds": time.monotonic() - started, "size": dest.stat().st_size}
+    return {
+        "copy_seconds": copied - started,
+        "check_seconds": time.monotonic() - copied,
+        "size": dest.stat().st_size,
+    }
 
 
 def gzip_file(src: Path, dest: Path, level: int, limit: int | None = None) -> tuple[int, str]:
@@ -864,7 +903,7 @@ class Pusher:
                 # copies, so look for our digest first.
                 existing = self.find_existing(up)
                 if existing is not None:
-                    return Response(201, {}, json.dumps(existing).encode())
+                    return Response(201, {"x-found-existing": "1"}, json.dumps(existing).encode())
             progress.done = 0
             progress.started = time.monotonic()
             with up.path.open("rb") as body:
@@ -886,25 +925,31 @@ class Pusher:
                 f"but the local file has {up.sha256}"
             )
         if stored.get("size") not in (None, up.size):
-            raise VerifyError(f"{what}: the server stored {stored.get('size')} bytes, not {up.size}")
-        self.bytes_sent += up.size
+            raise VerifyError(
+                f"{what}: the server stored {stored.get('size')} bytes, not {up.size}"
+            )
         self.stored += 1
+        if resp.headers.get("x-found-existing"):
+            self.ui.info(
+                f"{up.backup_type}/{up.name} was stored by an attempt whose answer was lost: "
+                f"{stored.get('name')} (id {stored.get('id')}), sha256 verified"
+            )
+            return stored
+        self.bytes_sent += up.size
         rate = up.size / elapsed if elapsed > 0 else 0.0
         self.ui.info(
-            f"stored {up.backup_type}/{up.name}: {human_bytes(up.size)} in {elapsed:.1f}s "
+            f"stored {up.backup_type}/{up.name}: {human_bytes(up.size)} in {elapsed:.2f}s "
             f"({human_bytes(rate)}/s) as {stored.get('name')} (id {stored.get('id')}), "
             "sha256 verified"
         )
         return stored
 
     def find_existing(self, up: Upload) -> dict[str, Any] | None:
-        try:
-            backups = self.client.list_backups(up.backup_type)
-        except PushError:
-            return None  # cannot tell; the retry decides
+        # One plain request, no retries of its own: this runs inside the upload's retry loop,
+        # and a TransientError here simply counts as that attempt failing.
+        backups = self.client.list_backups(up.backup_type, retry=False)
         for backup in backups:
             if backup.get("sha256") == up.sha256 and backup.get("size") in (None, up.size):
-                self.ui.info(f"{up.backup_type}/{up.name}: already stored as id {backup.get('id')}")
                 return backup
         return None
 
@@ -920,8 +965,9 @@ class Pusher:
         sha = sha256_file(gz)
         size = gz.stat().st_size
         self.ui.info(
-            f"snapshot of {live}: {human_bytes(raw_size)} in {info['seconds']:.2f}s, "
-            f"quick_check ok; gzip to {human_bytes(size)} in {time.monotonic() - started:.2f}s"
+            f"snapshot of {live}: {human_bytes(raw_size)} in {info['copy_seconds']:.2f}s, "
+            f"quick_check ok in {info['check_seconds']:.2f}s; gzip to {human_bytes(size)} "
+            f"in {time.monotonic() - started:.2f}s"
         )
         key = str(live.absolute())
         previous = self.state.database.get(key)
@@ -962,7 +1008,9 @@ class Pusher:
     def push_logs(self) -> None:
         files = self.log_files()
         seen = set()
-        pushed_hashes = {e.get("sha256") for e in self.state.logs.values() if isinstance(e, dict)}
+        pushed_hashes = {
+            e.get("rawSha256") for e in self.state.logs.values() if isinstance(e, dict)
+        }
         for rel, path in files:
             seen.add(rel)
             try:
@@ -980,6 +1028,8 @@ class Pusher:
     def push_log(self, rel: str, path: Path, pushed_hashes: set[Any]) -> None:
         try:
             st = path.stat()
+        except FileNotFoundError:
+            return  # rotated away since the directory was listed; the next run sees its heir
         except OSError as exc:
             raise LocalError(f"log {path}: {exc.strerror}") from exc
         previous = self.state.logs.get(rel)
@@ -998,14 +1048,16 @@ class Pusher:
                 _, raw_sha = copy_prefix(path, out, st.st_size)
             else:
                 _, raw_sha = gzip_file(path, out, self.cfg.compress_level, limit=st.st_size)
+        except FileNotFoundError:
+            return
         except OSError as exc:
             raise LocalError(f"log {path}: {exc.strerror}") from exc
         record = {"size": st.st_size, "mtimeNs": st.st_mtime_ns, "rawSha256": raw_sha}
         if previous.get("rawSha256") == raw_sha or raw_sha in pushed_hashes:
-            # Touched but not changed (or a rotated copy of content already sent).
+            # Touched but not changed, or a rotated copy (app.log -> app.log.1) of content
+            # already sent: remember the new size/mtime so the next run skips it cheaply.
             out.unlink()
-            self.state.logs[rel] = {**previous, **record, "sha256": previous.get("sha256")}
-            self.state.logs[rel]["rawSha256"] = raw_sha
+            self.state.logs[rel] = {**previous, **record}
             self.state.save()
             self.unchanged += 1
             return
@@ -1041,7 +1093,7 @@ def cmd_push(cfg: Config, ui: Ui) -> int:
     state_dir = prepare_state_dir(cfg)
     with exclusive_lock(state_dir / "lock"):
         client = Client(cfg, ui)
-        client.ping(cfg.ping_timeout)
+        wait_for_server(client, cfg, ui)
         state = State(state_dir / "state.json", f"{cfg.server.rstrip('/')}|{cfg.device_id}", ui)
         # Snapshots and compressed copies live under the state directory, not /tmp: /tmp may
         # be a small tmpfs, and the state dir is on the same disk as the database. Whatever a
@@ -1109,7 +1161,7 @@ def cmd_restore(cfg: Config, ui: Ui, args: argparse.Namespace) -> int:
     dest = Path(args.to).expanduser().absolute()
     check_restore_destination(dest, cfg.db)
     client = Client(cfg, ui)
-    client.ping(cfg.ping_timeout)
+    wait_for_server(client, cfg, ui)
     backups = client.list_backups("database")
     if args.id is not None:
         chosen = next((b for b in backups if b.get("id") == args.id), None)
@@ -1152,9 +1204,7 @@ def cmd_restore(cfg: Config, ui: Ui, args: argparse.Namespace) -> int:
         for tmp in (download, unpacked):
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
-    ui.info(
-        f"restored {dest}: {human_bytes(dest.stat().st_size)}, sha256 verified, quick_check ok"
-    )
+    ui.info(f"restored {dest}: {human_bytes(dest.stat().st_size)}, sha256 verified, quick_check ok")
     return EXIT_OK
 
 
@@ -1219,7 +1269,7 @@ def verify_sqlite_file(path: Path) -> None:
 def cmd_list(cfg: Config, ui: Ui, args: argparse.Namespace) -> int:
     validate_config(cfg, need_db=False)
     client = Client(cfg, ui)
-    client.ping(cfg.ping_timeout)
+    wait_for_server(client, cfg, ui)
     backups = client.list_backups(None if args.type == "all" else args.type)
     print(f"{'id':>6}  {'type':<8}  {'received':<20}  {'size':>10}  name")
     for b in backups:
@@ -1244,6 +1294,9 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, metavar="S", help="per-request timeout (30)")
     parser.add_argument(
         "--ping-timeout", dest="ping_timeout", type=float, metavar="S", help="ping timeout (3)"
+    )
+    parser.add_argument(
+        "--wait", type=float, metavar="S", help="keep trying the ping for S seconds (0)"
     )
     parser.add_argument("--retries", type=int, metavar="N", help="retries per request (5)")
     parser.add_argument("--backoff", type=float, metavar="S", help="first retry delay (1)")
@@ -1340,12 +1393,13 @@ def main(argv: list[str] | None = None) -> int:
         ui.error("interrupted; nothing was recorded for the file in progress")
         return EXIT_INTERRUPTED
     except OSError as exc:
-        # Local I/O trouble outside the places that expect it (disk full in the state dir...).
-        ui.error(f"{describe_oserror(exc)}: {getattr(exc, 'filename', '') or ''}".rstrip(": "))
+        # Local I/O trouble outside the places that expect it (disk full in the state dir, a
+        # file that vanished): a local problem, not a bug.
+        ui.error(f"local I/O error: {exc}")
         if args.debug:
             traceback.print_exc()
-        return EXIT_LOCAL if exc.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS) else 1
-    except Exception as exc:  # noqa: BLE001 - last resort: one line instead of a traceback
+        return EXIT_LOCAL
+    except Exception as exc:  # noqa: BLE001 - last resort: one line, not a traceback
         ui.error(f"internal error: {exc!r} (rerun with --debug for the traceback)")
         if args.debug:
             traceback.print_exc()

@@ -28,6 +28,7 @@ TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_ID = 2**63 - 1
 MAX_BATCH_ID = 200
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 # Pruning the history costs a DELETE; doing it on every request while the Pi
 # posts every 5 s would be wasted work, so it runs every Nth sync.
 PRUNE_EVERY = 200
@@ -73,7 +74,8 @@ SCHEMA = [
 @dataclass
 class TableBatch:
     name: str
-    rows: list[tuple[int, str]]  # (id, document) in arrival order
+    ids: list[int]  # in arrival order
+    rows_json: str  # the rows as one JSON array; SQLite splits it with json_each
 
 
 @dataclass
@@ -182,20 +184,24 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         rows = table.get("rows")
         if not isinstance(rows, list):
             raise _bad(f"tables.{name}.rows must be an array")
-        batch: list[tuple[int, str]] = []
+        ids: list[int] = []
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise _bad(f"tables.{name}.rows[{index}] must be an object")
             row_id = row.get("id")
             if not _valid_int(row_id):
-                raise _bad(
-                    f"tables.{name}.rows[{index}].id must be a 64-bit integer, "
-                    f"got {json.dumps(row_id)[:40] if row_id is not None else 'nothing'}"
-                )
-            clean, scrubbed = _scrub(row)
+                shown = json.dumps(row_id)[:40] if row_id is not None else "nothing"
+                raise _bad(f"tables.{name}.rows[{index}].id must be a 64-bit integer, got {shown}")
+            ids.append(row_id)
+        try:
+            rows_json = _ENCODER.encode(rows)
+        except ValueError:
+            # Only literals like 1e999 (parsed as inf) get here; NaN/Infinity tokens
+            # were already turned into None by the parser. Scrubbing is the slow path.
+            rows, scrubbed = _scrub(rows)
             non_finite += scrubbed
-            batch.append((row_id, json.dumps(clean, separators=(",", ":"), allow_nan=False)))
-        tables.append(TableBatch(name, batch))
+            rows_json = _ENCODER.encode(rows)
+        tables.append(TableBatch(name, ids, rows_json))
     return SyncRequest(device_id, batch_id, tables, last_drive_id, non_finite)
 
 
@@ -221,7 +227,7 @@ class SyncStore:
         with transaction(conn):
             for table in req.tables:
                 result.tables[table.name] = self._upsert(conn, req.device_id, table, received_at)
-                if table.name == "realtime_data" and table.rows:
+                if table.name == "realtime_data" and table.ids:
                     result.drive_data_received = True
             conn.execute(
                 """INSERT INTO devices (device_id, last_drive_id, last_sync_at, last_batch_id)
@@ -255,9 +261,9 @@ class SyncStore:
     def _upsert(
         self, conn: sqlite3.Connection, device_id: str, table: TableBatch, received_at: str
     ) -> dict[str, int]:
-        if not table.rows:
+        if not table.ids:
             return {"inserted": 0, "updated": 0, "errors": 0}
-        ids = [row_id for row_id, _ in table.rows]
+        ids = table.ids
         existing = {
             r[0]
             for r in conn.execute(
@@ -275,12 +281,15 @@ class SyncStore:
             else:
                 inserted += 1
                 seen.add(row_id)
-        conn.executemany(
+        # json_each splits the array inside SQLite: no per-row Python encoding, and
+        # each document is stored exactly as the Pi sent it (key order, number text).
+        # Rows repeated within one batch are applied in order, so the last one wins.
+        conn.execute(
             """INSERT INTO synced_rows (device_id, table_name, row_id, doc, received_at)
-               VALUES (?, ?, ?, ?, ?)
+               SELECT ?, ?, json_extract(value, '$.id'), value, ? FROM json_each(?) WHERE true
                ON CONFLICT (device_id, table_name, row_id) DO UPDATE SET
                  doc = excluded.doc, received_at = excluded.received_at""",
-            [(device_id, table.name, row_id, doc, received_at) for row_id, doc in table.rows],
+            (device_id, table.name, received_at, table.rows_json),
         )
         conn.execute(
             """INSERT INTO table_stats (device_id, table_name, row_count, max_row_id,
