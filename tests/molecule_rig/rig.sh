@@ -5,7 +5,7 @@
 #   rig.sh net-down BRIDGE SUBNET        undo net-up for this bridge only
 #   rig.sh host-mount HOSTDIR LOWERDIR   overlayfs HOSTDIR/root = LOWERDIR + HOSTDIR/upper
 #   rig.sh host-start HOSTDIR MACHINE HOSTNAME BRIDGE   boot it (detached launcher, pid file)
-#   rig.sh host-stop HOSTDIR             clean poweroff, unmount, delete HOSTDIR
+#   rig.sh host-stop HOSTDIR...          clean poweroff, unmount, delete (hosts in parallel)
 #
 # Every command is idempotent: create/destroy may be re-run after a failed or killed run.
 # Everything changed on this machine is tagged "chi-molecule" and confined to the scenario's own
@@ -171,6 +171,18 @@ case "$cmd" in
     net-down) net_down "$@" ;;
     host-mount) host_mount "$@" ;;
     host-start) host_start "$@" ;;
-    host-stop) host_stop "$@" ;;
+    host-stop)
+        # In parallel: each clean poweroff takes a few seconds.
+        pids=()
+        for hostdir in "$@"; do
+            host_stop "$hostdir" &
+            pids+=($!)
+        done
+        rc=0
+        for pid in "${pids[@]}"; do
+            wait "$pid" || rc=1
+        done
+        exit $rc
+        ;;
     *) die "usage: rig.sh net-up|net-down|host-mount|host-start|host-stop ARGS (see header)" ;;
 esac

@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -120,7 +119,7 @@ class OllamaClient:
         except TimeoutError:
             # Connected, but the answer did not come within the timeout.
             raise OllamaTimeout(f"no answer from Ollama within {timeout:g} s") from None
-        except (http.client.HTTPException, ConnectionError, socket.error) as exc:
+        except (http.client.HTTPException, OSError) as exc:
             # The connection dropped mid-request (Ollama restarted, crashed, OOM-killed).
             raise OllamaUnavailable(
                 f"connection to Ollama failed: {exc.__class__.__name__}: {exc}"
