@@ -13,7 +13,7 @@ from .clock import now_iso
 from .context import Companion
 from .features import feature_routes
 from .health import health_report
-from .http_json import ApiError, NonFiniteCounter, arm_read_timeout, json_response, read_json
+from .http_json import ApiError, NonFiniteCounter, json_response, read_json
 from .sync_store import validate
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,6 @@ def create_app(ctx: Companion) -> Bottle:
     app.default_error_handler = _error_handler  # type: ignore[method-assign]
     cfg = ctx.config
     body_limit = cfg.server["max_body_bytes"]
-    read_timeout = cfg.server["request_timeout_seconds"]
-
-    @app.hook("before_request")
-    def _arm() -> None:
-        arm_read_timeout(read_timeout)
 
     @app.get(f"{API}/health")
     def health() -> Any:

@@ -47,12 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# After refusing an upload part-way, the rest of a body this small is read and thrown away
-# before answering: closing a socket with unread data makes the kernel send a reset, and the
-# client would see "connection reset" instead of our 4xx/507. Larger rests are not worth the
-# bandwidth; the client gets the answer if it reads while sending, and a reset otherwise.
-DRAIN_MAX_BYTES = 16 * 1024 * 1024
-DRAIN_MAX_SECONDS = 10.0
+# After refusing an upload part-way, the rest of the body is read and thrown away (up to a
+# bound) before answering: closing a socket with unread data makes the kernel send a reset,
+# and a client that sends its whole body before reading (Python's http.client, urllib) would
+# see "broken pipe"/"connection reset" instead of our 4xx/507 and retry for nothing. Past the
+# bound the connection is closed; clients that read while sending (curl) still get the answer.
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_MAX_SECONDS = 5.0
 # Room for the multipart envelope (boundaries, part headers, the small fields) on top of
 # backups.max_upload_bytes when checking a multipart request's Content-Length.
 MULTIPART_OVERHEAD = 64 * 1024
@@ -139,7 +140,8 @@ def _device_for_write(principal: Principal, device_id: str, ctx: Companion) -> N
 
 
 def _created(backup_json: dict[str, Any], api: str) -> HTTPResponse:
-    return json_response(201, backup_json, headers={"Location": f"{api}/backups/{backup_json['id']}"})
+    location = f"{api}/backups/{backup_json['id']}"
+    return json_response(201, backup_json, headers={"Location": location})
 
 
 def _retain(store: BackupStore, device_id: str, backup_type: str) -> None:
@@ -163,6 +165,13 @@ def routes(app: Bottle, ctx: Companion) -> None:
 
     store = store_for(ctx)
 
+    def to_api(exc: UploadError | ApiError | sqlite3.Error) -> ApiError:
+        if isinstance(exc, UploadError):
+            return _api_error(exc)
+        if isinstance(exc, sqlite3.Error):
+            return transient_db_error(exc)
+        return exc
+
     def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
         body: Body | None = None
         upload: Upload | None = None
@@ -179,12 +188,13 @@ def routes(app: Bottle, ctx: Companion) -> None:
                 upload.write(chunk)
             backup = upload.commit(device_id, backup_type, stem, ext, expected)
             upload = None
-        except UploadError as exc:
-            raise _refuse(_api_error(exc), body) from None
-        except ApiError as exc:
-            raise _refuse(exc, body) from None
-        except sqlite3.Error as exc:
-            raise _refuse(transient_db_error(exc), body) from None
+        except (UploadError, ApiError, sqlite3.Error) as exc:
+            # Abort before draining: the temp file's space is given back at once, not after
+            # the rest of the body has been read (another upload may be waiting for it).
+            if upload is not None:
+                upload.abort()
+                upload = None
+            raise _refuse(to_api(exc), body) from None
         finally:
             if upload is not None:
                 upload.abort()
@@ -217,12 +227,13 @@ def routes(app: Bottle, ctx: Companion) -> None:
                 device_id, backup_type, form.stem, form.ext, field_sha or header_sha
             )
             upload = None
-        except UploadError as exc:
-            raise _refuse(_api_error(exc), body) from None
-        except ApiError as exc:
-            raise _refuse(exc, body) from None
-        except sqlite3.Error as exc:
-            raise _refuse(transient_db_error(exc), body) from None
+        except (UploadError, ApiError, sqlite3.Error) as exc:
+            # Abort before draining: the temp file's space is given back at once, not after
+            # the rest of the body has been read (another upload may be waiting for it).
+            if upload is not None:
+                upload.abort()
+                upload = None
+            raise _refuse(to_api(exc), body) from None
         finally:
             if upload is not None:
                 upload.abort()
@@ -288,16 +299,19 @@ def routes(app: Bottle, ctx: Companion) -> None:
     def delete(backup_id: int) -> HTTPResponse:
         principal = ctx.keys.authenticate()
         if not principal.is_operator:
-            raise ApiError(
-                403, "forbidden", "device keys may add backups but never delete them"
-            )
+            raise ApiError(403, "forbidden", "device keys may add backups but never delete them")
         backup = _find(backup_id, principal)
         try:
             store.delete(backup)
         except sqlite3.Error as exc:
             raise transient_db_error(exc) from None
-        log.info("operator deleted backup %d (%s/%s/%s)", backup.id, backup.device_id,
-                 backup.type, backup.name)
+        log.info(
+            "operator deleted backup %d (%s/%s/%s)",
+            backup.id,
+            backup.device_id,
+            backup.type,
+            backup.name,
+        )
         return HTTPResponse(status=204)
 
     app.route(f"{API}/backups/<device_id>/<backup_type>/<filename:path>", "PUT", put_upload)
@@ -393,9 +407,7 @@ class _MultipartForm:
                         else:
                             buf += event
                             if len(buf) > MAX_FIELD_BYTES:
-                                raise ApiError(
-                                    400, "bad multipart", "a form field is over 1 KiB"
-                                )
+                                raise ApiError(400, "bad multipart", "a form field is over 1 KiB")
         except MultipartError as exc:
             self._abort()
             raise ApiError(400, "bad multipart", str(exc)) from None

@@ -135,9 +135,7 @@ def check_device_id(device_id: str) -> None:
 
 def check_type(backup_type: str) -> None:
     if backup_type not in BACKUP_TYPES:
-        raise UploadError(
-            400, "unknown type", f"type must be one of {', '.join(BACKUP_TYPES)}"
-        )
+        raise UploadError(400, "unknown type", f"type must be one of {', '.join(BACKUP_TYPES)}")
 
 
 def check_sha256(value: str | None) -> str | None:
@@ -309,7 +307,7 @@ class Upload:
         if self.directory != target_dir:
             fsync_dir(self.directory)
         backup = self.store.insert(
-            device_id, backup_type, name, self.size, digest, iso_z(received)
+            device_id, backup_type, name, size=self.size, sha256=digest, received=iso_z(received)
         )
         self._final = None  # it belongs to the catalog now; abort must not touch it
         return backup
@@ -433,7 +431,8 @@ class BackupStore:
 
     def begin(self, directory: Path, max_bytes: int | None = None) -> Upload:
         try:
-            return Upload(self, directory, self.max_upload_bytes if max_bytes is None else max_bytes)
+            limit = self.max_upload_bytes if max_bytes is None else max_bytes
+            return Upload(self, directory, limit)
         except OSError as exc:
             if is_disk_full(exc):
                 raise UploadError(
@@ -465,7 +464,7 @@ class BackupStore:
     # -- catalog
 
     def insert(
-        self, device_id: str, backup_type: str, name: str, size: int, sha256: str, received: str
+        self, device_id: str, backup_type: str, name: str, *, size: int, sha256: str, received: str
     ) -> Backup:
         conn = self.db.conn()
         with transaction(conn):
@@ -535,13 +534,9 @@ class BackupStore:
         policy = self.policy_for(backup_type)
         by_id = {b.id: b for b in backups}
         decisions = retention.apply_policy(((b.id, b.received) for b in backups), policy)
-        return PruneResult(
-            device_id, backup_type, policy, [(by_id[d.key], d) for d in decisions]
-        )
+        return PruneResult(device_id, backup_type, policy, [(by_id[d.key], d) for d in decisions])
 
-    def prune(
-        self, device_id: str, backup_type: str, dry_run: bool = False
-    ) -> PruneResult:
+    def prune(self, device_id: str, backup_type: str, dry_run: bool = False) -> PruneResult:
         with self._prune_lock:
             result = self.plan(device_id, backup_type)
             if not dry_run:
@@ -618,7 +613,7 @@ class BackupStore:
                 continue
             size, digest = sha256_of(path)
             report.files_adopted.append(
-                self.insert(key[0], key[1], key[2], size, digest, iso_z(received))
+                self.insert(*key, size=size, sha256=digest, received=iso_z(received))
             )
         for path in report.temp_removed:
             log.warning("removed temporary file left by an interrupted upload: %s", path)

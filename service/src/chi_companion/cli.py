@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import __version__, analysis_cli, backup_cli
 from .config import Config, ConfigError, load, resolve_path
 from .keys import new_key
 from .release import ReleaseError, load_record
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Feature modules add their command groups here (e.g. `backups`, `analyses`).
-CLI_EXTENSIONS: list[Callable[..., None]] = []
+CLI_EXTENSIONS: list[Callable[..., None]] = [backup_cli.register, analysis_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:

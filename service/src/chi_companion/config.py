@@ -114,7 +114,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "host": Setting(str, "127.0.0.1", _host, "COMPANION_HOST"),
         "port": Setting(int, 8000, _port, "COMPANION_PORT"),
         "data_dir": Setting(str, "/srv/chi-companion", _absolute, "COMPANION_DATA_DIR"),
-        "threads": Setting(int, 8, _positive),
+        "threads": Setting(int, 16, _positive),
         "max_body_bytes": Setting(int, 8 * 1024 * 1024, _positive),
         "request_timeout_seconds": Setting(int, 30, _positive),
         "graceful_timeout_seconds": Setting(int, 30, _positive),
@@ -136,6 +136,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "model": Setting(str, "gemma2:2b", _non_empty, "COMPANION_OLLAMA_MODEL"),
         "timeout_seconds": Setting((int, float), 600, _positive),
         "keep_alive": Setting(str, "30m", _keep_alive),
+        "num_ctx": Setting(int, 8192, _positive),
+        "poll_seconds": Setting((int, float), 15, _positive),
     },
     "analysis": {
         "auto": Setting(bool, True),
@@ -320,13 +322,15 @@ def parse(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = 
     for key in data:
         if key not in known:
             problems.append((key, f"unknown section (known: {', '.join(sorted(known))})"))
-    sections = {name: _section(name, data.get(name), env, problems) for name in SCHEMA}
+    # [backups.retention.*] is checked by _retention, so it is taken out of [backups] before
+    # that section is checked (it would otherwise be reported as an unknown setting).
     backups_raw = data.get("backups")
     retention_raw = None
     if isinstance(backups_raw, dict):
         backups_raw = dict(backups_raw)
         retention_raw = backups_raw.pop("retention", None)
-        sections["backups"] = _section("backups", backups_raw, env, problems)
+    raw_sections = {**data, "backups": backups_raw}
+    sections = {name: _section(name, raw_sections.get(name), env, problems) for name in SCHEMA}
     retention = _retention(retention_raw, problems)
     devices = _devices(data.get("devices"), problems)
     operator_key = sections["operator"]["api_key"]

@@ -9,14 +9,14 @@ from __future__ import annotations
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from . import replication_status
+from . import analysis_api, backup_api, replication_status
 
 if TYPE_CHECKING:
     from bottle import Bottle
 
     from .context import Companion
 
-FEATURES: tuple[ModuleType, ...] = (replication_status,)
+FEATURES: tuple[ModuleType, ...] = (replication_status, backup_api, analysis_api)
 
 
 def install_features(ctx: Companion) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from typing import Any
 
 from bottle import HTTPResponse, request
@@ -80,14 +79,6 @@ def content_length(limit: int) -> int:
             headers={"Connection": "close"},
         )
     return length
-
-
-def arm_read_timeout(seconds: float) -> None:
-    """Give the client's socket a read timeout, so a client that stops sending
-    half-way through a body frees its worker thread instead of holding it forever."""
-    sock = request.environ.get("gunicorn.socket")
-    if isinstance(sock, socket.socket):
-        sock.settimeout(seconds)
 
 
 def read_body(limit: int) -> bytes:

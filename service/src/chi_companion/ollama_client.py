@@ -40,6 +40,12 @@ class OllamaError(Exception):
 class OllamaUnavailable(OllamaError):
     kind = "unavailable"
 
+    def __init__(self, message: str, connect_failed: bool = False) -> None:
+        super().__init__(message)
+        # True when no connection could be made at all: Ollama is down, as opposed
+        # to up but failing (5xx, a dropped answer).
+        self.connect_failed = connect_failed
+
 
 class ModelMissing(OllamaError):
     kind = "model_missing"
@@ -95,9 +101,7 @@ class OllamaClient:
         # http_proxy inherited from the environment must not reroute it.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _request(
-        self, method: str, path: str, body: Any, timeout: float
-    ) -> tuple[int, bytes]:
+    def _request(self, method: str, path: str, body: Any, timeout: float) -> tuple[int, bytes]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             self.base_url + path,
@@ -115,7 +119,9 @@ class OllamaClient:
         except urllib.error.URLError as exc:
             # Raised while connecting: refused, no route, DNS, or a connect timeout.
             # All mean "Ollama is not there right now".
-            raise OllamaUnavailable(f"cannot connect to Ollama: {exc.reason}") from None
+            raise OllamaUnavailable(
+                f"cannot connect to Ollama: {exc.reason}", connect_failed=True
+            ) from None
         except TimeoutError:
             # Connected, but the answer did not come within the timeout.
             raise OllamaTimeout(f"no answer from Ollama within {timeout:g} s") from None

@@ -17,6 +17,8 @@ import sys
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.util import close_graceful
+from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
 from .app import create_app
 from .config import Config
@@ -46,6 +48,42 @@ def setup_logging(config: Config) -> None:
         root.addHandler(rotating)
 
 
+class ReadTimeoutThreadWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread with two changes for clients that stall.
+
+    Stock gthread reads headers and bodies with a blocking socket and no timeout, so a
+    client that stops sending mid-request (a flaky WiFi link, or a slowloris) would hold
+    a worker thread forever. Here every socket read has a timeout: the read fails, the
+    connection is closed (or, inside the app, answered 408) and the thread is free again.
+
+    Stock gthread also closes finished connections "gracefully" (half-close, then drain
+    for up to 2 s) on its single event-loop thread; with a few stalled clients that loop,
+    and so every other connection, waits 2 s per client. The close is done here, in the
+    request's own pool thread, instead.
+    """
+
+    read_timeout: float = 30.0
+
+    def handle(self, conn: Any) -> Any:
+        if not conn.initialized:
+            original_init = conn.init
+
+            def init_with_timeout() -> None:
+                original_init()
+                conn.sock.settimeout(self.read_timeout)
+
+            conn.init = init_with_timeout
+        result = super().handle(conn)
+        if not result and result is not _DEFER:
+            close_graceful(conn.sock)
+            conn.close = _already_closed
+        return result
+
+
+def _already_closed(graceful: bool = False) -> None:
+    """Stands in for TConn.close once the pool thread has closed the socket."""
+
+
 class CompanionServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config) -> None:
         self.companion_config = config
@@ -59,11 +97,13 @@ class CompanionServer(BaseApplication):  # type: ignore[misc]
         settings: dict[str, Any] = {
             "bind": [bind],
             "workers": 1,
-            "worker_class": "gthread",
+            "worker_class": "chi_companion.server.ReadTimeoutThreadWorker",
             "threads": server["threads"],
             "timeout": 60,
             "graceful_timeout": server["graceful_timeout_seconds"],
-            "keepalive": 2,
+            # One request per connection (the Pi sends Connection: close anyway), so the
+            # read timeout set when a connection starts covers every request.
+            "keepalive": 0,
             "accesslog": "-",
             "errorlog": "-",
             "loglevel": server["log_level"],
@@ -78,6 +118,9 @@ class CompanionServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
+        ReadTimeoutThreadWorker.read_timeout = self.companion_config.server[
+            "request_timeout_seconds"
+        ]
         # Runs in the worker, after fork: threads and SQLite connections are per process.
         self.ctx = Companion.from_config(self.companion_config)
         return create_app(self.ctx)
