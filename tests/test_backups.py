@@ -359,8 +359,9 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
     _, _, health = companion.request("GET", f"{API}/health", key=False)
     component = health["components"]["backups"]
     assert component["devices"][companion.device] == {
-        "lastBackupAt": None,
-        "lastBackupType": None,
+        "newestAt": None,
+        "newestType": None,
+        "count": 0,
     }
     put(companion, "a.db", b"1")
     status, _, body = put(companion, "b.log", b"2", btype="logs")
@@ -370,10 +371,11 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
     assert component["status"] == "ok"
     assert component["freeBytes"] > 0
     assert component["devices"][companion.device] == {
-        "lastBackupAt": body["receivedAt"],
-        "lastBackupType": "logs",
+        "newestAt": body["receivedAt"],
+        "newestType": "logs",
+        "count": 2,
     }
-    assert component["devices"][companion.other_device]["lastBackupAt"] is None
+    assert component["devices"][companion.other_device]["newestAt"] is None
 
 
 # ---------------------------------------------------------------------------- refusals

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from importlib import resources
 from typing import Any
 
-from bottle import Bottle, HTTPError, request, response
+from bottle import Bottle, HTTPError, HTTPResponse, request, response
 
 from . import __version__
 from .clock import now_iso
@@ -66,6 +67,11 @@ def create_app(ctx: Companion) -> Bottle:
     def health() -> Any:
         report = health_report(ctx)
         return json_response(503 if report["status"] == "unhealthy" else 200, report)
+
+    @app.get(f"{API}/openapi.yaml")
+    def openapi() -> Any:
+        spec = resources.files("chi_companion").joinpath("openapi.yaml").read_bytes()
+        return HTTPResponse(body=spec, status=200, headers={"Content-Type": "application/yaml"})
 
     @app.get(f"{API}/ping")
     def ping() -> Any:

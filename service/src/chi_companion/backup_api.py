@@ -32,6 +32,8 @@ from .backup_store import (
     check_device_id,
     check_sha256,
     check_type,
+    disk_full,
+    is_disk_full,
     reconcile_on_startup,
     split_client_name,
     store_for,
@@ -165,11 +167,17 @@ def routes(app: Bottle, ctx: Companion) -> None:
 
     store = store_for(ctx)
 
-    def to_api(exc: UploadError | ApiError | sqlite3.Error) -> ApiError:
+    def to_api(exc: UploadError | ApiError | sqlite3.Error | OSError) -> ApiError:
         if isinstance(exc, UploadError):
             return _api_error(exc)
         if isinstance(exc, sqlite3.Error):
             return transient_db_error(exc)
+        if isinstance(exc, OSError):
+            # e.g. ENOSPC from mkdir or the directory fsync, after the data itself was written.
+            if is_disk_full(exc):
+                return _api_error(disk_full())
+            log.error("storing an upload failed: %s", exc)
+            return ApiError(500, "internal error", "could not store the file; see the log")
         return exc
 
     def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
@@ -188,7 +196,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
                 upload.write(chunk)
             backup = upload.commit(device_id, backup_type, stem, ext, expected)
             upload = None
-        except (UploadError, ApiError, sqlite3.Error) as exc:
+        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
             # Abort before draining: the temp file's space is given back at once, not after
             # the rest of the body has been read (another upload may be waiting for it).
             if upload is not None:
@@ -227,7 +235,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
                 device_id, backup_type, form.stem, form.ext, field_sha or header_sha
             )
             upload = None
-        except (UploadError, ApiError, sqlite3.Error) as exc:
+        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
             # Abort before draining: the temp file's space is given back at once, not after
             # the rest of the body has been read (another upload may be waiting for it).
             if upload is not None:

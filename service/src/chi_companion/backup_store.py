@@ -90,6 +90,10 @@ class UploadError(Exception):
         self.detail = detail
 
 
+def disk_full() -> UploadError:
+    return UploadError(507, "insufficient storage", "the server's disk is full; retry later")
+
+
 @dataclass(frozen=True)
 class Backup:
     id: int
@@ -265,9 +269,7 @@ class Upload:
                 view = view[written:]
         except OSError as exc:
             if is_disk_full(exc):
-                raise UploadError(
-                    507, "insufficient storage", "the server's disk is full; retry later"
-                ) from None
+                raise disk_full() from None
             raise
         self.size += size
 
@@ -292,9 +294,7 @@ class Upload:
             os.fsync(self._fd)
         except OSError as exc:
             if is_disk_full(exc):
-                raise UploadError(
-                    507, "insufficient storage", "the server's disk is full; retry later"
-                ) from None
+                raise disk_full() from None
             raise
         os.close(self._fd)
         self._fd = None
@@ -435,9 +435,7 @@ class BackupStore:
             return Upload(self, directory, limit)
         except OSError as exc:
             if is_disk_full(exc):
-                raise UploadError(
-                    507, "insufficient storage", "the server's disk is full; retry later"
-                ) from None
+                raise disk_full() from None
             raise
 
     def link_unique(
@@ -498,16 +496,18 @@ class BackupStore:
         sql += " ORDER BY received_at DESC, id DESC"
         return [Backup.from_row(r) for r in self.db.conn().execute(sql, args)]
 
-    def newest_per_device(self) -> dict[str, Backup]:
-        newest: dict[str, Backup] = {}
+    def newest_per_device(self) -> dict[str, tuple[Backup, int]]:
+        """device -> (its newest backup, how many backups it has)."""
+        newest: dict[str, tuple[Backup, int]] = {}
         rows = self.db.conn().execute(
-            f"SELECT {COLUMNS} FROM backups AS b WHERE id = ("
+            f"SELECT {COLUMNS}, (SELECT COUNT(*) FROM backups WHERE device_id = b.device_id)"
+            " FROM backups AS b WHERE id = ("
             " SELECT id FROM backups WHERE device_id = b.device_id"
             " ORDER BY received_at DESC, id DESC LIMIT 1)"
         )
         for row in rows:
-            backup = Backup.from_row(row)
-            newest[backup.device_id] = backup
+            backup = Backup.from_row(row[:-1])
+            newest[backup.device_id] = (backup, int(row[-1]))
         return newest
 
     def delete(self, backup: Backup) -> None:
@@ -692,13 +692,15 @@ def backups_health(ctx: Companion) -> dict[str, Any]:
     except sqlite3.Error:
         newest = {}
         report["detail"] = "catalog unavailable"
-    report["devices"] = {
-        dev: {
-            "lastBackupAt": newest[dev].received_at if dev in newest else None,
-            "lastBackupType": newest[dev].type if dev in newest else None,
+    devices: dict[str, dict[str, Any]] = {}
+    for dev in sorted(ctx.config.devices):
+        backup, count = newest.get(dev, (None, 0))
+        devices[dev] = {
+            "newestAt": backup.received_at if backup else None,
+            "newestType": backup.type if backup else None,
+            "count": count,
         }
-        for dev in sorted(ctx.config.devices)
-    }
+    report["devices"] = devices
     if free < store.min_free_bytes:
         report["status"] = "degraded"
         report["detail"] = "free space is under backups.min_free_bytes; uploads are refused"
