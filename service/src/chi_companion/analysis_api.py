@@ -127,6 +127,10 @@ def ollama_health(ctx: Companion) -> dict[str, Any]:
         report.update(status="degraded", detail="Ollama not checked yet")
     elif not snap.reachable:
         report.update(status="degraded", detail="Ollama is unreachable; analyses wait")
+    elif snap.model_present is None:
+        report.update(
+            status="degraded", detail="Ollama answers but its model list could not be read"
+        )
     elif not snap.model_present:
         report.update(
             status="degraded",

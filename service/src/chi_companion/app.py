@@ -15,7 +15,7 @@ from .context import Companion
 from .features import feature_routes
 from .health import health_report
 from .http_json import ApiError, NonFiniteCounter, json_response, read_json
-from .sync_store import validate
+from .sync_store import DEVICE_ID_RE, validate
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -120,7 +120,10 @@ def create_app(ctx: Companion) -> Bottle:
     @app.get(f"{API}/sync/status")
     def sync_status() -> Any:
         principal = ctx.keys.authenticate()
-        device_id = request.query.get("deviceId") or principal.device_id
+        device_id = request.query.get("deviceId")
+        if device_id is not None and not DEVICE_ID_RE.fullmatch(device_id):
+            raise ApiError(400, "bad deviceId", "deviceId must be 1-64 of A-Z a-z 0-9 . _ -")
+        device_id = device_id or principal.device_id
         if device_id is None:
             return json_response(
                 200,

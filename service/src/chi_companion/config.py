@@ -288,7 +288,7 @@ def _devices(raw: Any, problems: list[tuple[str, str]]) -> dict[str, str]:
         return devices
     for device_id, entry in raw.items():
         where = f"devices.{device_id}"
-        if not DEVICE_ID_RE.match(device_id):
+        if not DEVICE_ID_RE.fullmatch(device_id):
             problems.append(
                 (where, "device id must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter/digit")
             )

@@ -46,7 +46,7 @@ def validate_record(data: Any) -> dict[str, str]:
             continue
         if not isinstance(value, str):
             problems.append(f"{name} must be a string")
-        elif name in _CHECKS and not _CHECKS[name][0].match(value):
+        elif name in _CHECKS and not _CHECKS[name][0].fullmatch(value):
             problems.append(f"{name} must be {_CHECKS[name][1]}")
         elif name == "theme" and not 1 <= len(value) <= 50:
             problems.append("theme must be 1-50 characters")

@@ -145,8 +145,20 @@ def _scrub(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
-def _valid_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -MAX_ID - 1 <= value <= MAX_ID
+def _as_int(value: Any) -> int | None:
+    """The value as a 64-bit integer, or None when it is not one.
+
+    A float with no fractional part (5.0) counts, as JSON Schema counts it: some JSON
+    writers print integral numbers that way."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    if isinstance(value, int) and -MAX_ID - 1 <= value <= MAX_ID:
+        return value
+    return None
 
 
 def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
@@ -154,7 +166,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
     device_id = body.get("deviceId")
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
+    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
         raise _bad("deviceId must be a string of 1-64 characters A-Z a-z 0-9 . _ -")
     batch_id = body.get("batchId")
     if not isinstance(batch_id, str) or not (0 < len(batch_id) <= MAX_BATCH_ID):
@@ -165,13 +177,13 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
     last_drive_id: int | None = None
     if "driveCounter" in body and body["driveCounter"] is not None:
         counter = body["driveCounter"]
-        if not isinstance(counter, dict) or not _valid_int(counter.get("lastDriveId")):
+        last_drive_id = _as_int(counter.get("lastDriveId")) if isinstance(counter, dict) else None
+        if last_drive_id is None:
             raise _bad('driveCounter must be {"lastDriveId": <integer>}')
-        last_drive_id = counter["lastDriveId"]
     non_finite = non_finite_tokens
     tables: list[TableBatch] = []
     for name, table in tables_raw.items():
-        if not TABLE_NAME_RE.match(name):
+        if not TABLE_NAME_RE.fullmatch(name):
             raise _bad(
                 f"table name {name[:80]!r} is not a safe identifier "
                 "(letters, digits, underscore; at most 64)"
@@ -179,7 +191,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         if not isinstance(table, dict):
             raise _bad(f"tables.{name} must be an object with rows")
         last_synced = table.get("lastSyncedId")
-        if last_synced is not None and not _valid_int(last_synced):
+        if last_synced is not None and _as_int(last_synced) is None:
             raise _bad(f"tables.{name}.lastSyncedId must be an integer")
         rows = table.get("rows")
         if not isinstance(rows, list):
@@ -188,10 +200,12 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise _bad(f"tables.{name}.rows[{index}] must be an object")
-            row_id = row.get("id")
-            if not _valid_int(row_id):
-                shown = json.dumps(row_id)[:40] if row_id is not None else "nothing"
+            row_id = _as_int(row.get("id"))
+            if row_id is None:
+                raw = row.get("id")
+                shown = json.dumps(raw)[:40] if raw is not None else "nothing"
                 raise _bad(f"tables.{name}.rows[{index}].id must be a 64-bit integer, got {shown}")
+            row["id"] = row_id
             ids.append(row_id)
         try:
             rows_json = _ENCODER.encode(rows)
