@@ -311,7 +311,8 @@ def main() -> int:
             f"{statistics.median(times) * 1000:8.1f} {p99 * 1000:8.1f}"
         )
     for endpoint, errors in stats.errors.items():
-        problems.append(f"{len(errors)} errors on {endpoint}, first: {errors[0]}")
+        if errors:
+            problems.append(f"{len(errors)} errors on {endpoint}, first: {errors[0]}")
     if done != len(analyses):
         problems.append(f"only {done} of {len(analyses)} analyses finished")
     print("server RSS (MiB) over time: " + ", ".join(f"{t:.0f}s={m:.1f}" for t, m in rss))
