@@ -612,6 +612,26 @@ def test_kill9_mid_upload_leaves_no_partial_file(make_companion: Callable[..., C
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_client_that_vanishes_or_stalls_leaves_nothing(
+    make_companion: Callable[..., Companion],
+) -> None:
+    comp = make_companion(backups={"min_free_bytes": 0}, server={"request_timeout_seconds": 2})
+    gone = _open_put(comp, "gone.db", 32 * MiB)
+    stalled = _open_put(comp, "stalled.db", 32 * MiB)
+    try:
+        _send(gone, 4 * MiB)
+        _send(stalled, 4 * MiB)
+        _wait_for(lambda: len(_temp_files(comp)) == 2, "both uploads to start writing")
+        gone.close()  # the Pi drove away mid-upload
+        # The stalled one sends nothing more: after request_timeout_seconds the server gives up.
+        assert _read_response(stalled)[0] == 408
+        _wait_for(lambda: _temp_files(comp) == [], "the temp files to be removed")
+    finally:
+        gone.close()
+        stalled.close()
+    assert tree(comp) == [] and catalog(comp) == []
+
+
 def test_startup_reconcile_files_are_the_truth(make_companion: Callable[..., Companion]) -> None:
     """A crash between the file's link and its catalog row (file without row), and a row
     whose file vanished: after a restart the catalog matches the files exactly."""

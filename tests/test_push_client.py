@@ -204,6 +204,58 @@ def run_tool(
     )
 
 
+class LossyProxy:
+    """A TCP proxy in front of the real companion that forwards the first PUT completely but
+    throws away the server's answer and hangs up: the backup is stored, the client never
+    learns it. Everything else passes through untouched."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dropped = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.upstream_port)) as upstream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = client.recv(65536)
+                if not data:
+                    return
+                head += data
+            with self._lock:
+                drop = head.startswith(b"PUT ") and self.dropped == 0
+                self.dropped += int(drop)
+            upstream.sendall(head)
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            while data := upstream.recv(65536):  # the server closes after its answer
+                if not drop:
+                    client.sendall(data)
+            if drop:
+                client.shutdown(socket.SHUT_RDWR)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+
 @pytest.fixture
 def pi(tmp_path: Path, companion: Companion) -> Pi:
     root = tmp_path / "pi"
@@ -467,6 +519,23 @@ def test_server_restarted_during_backoff_same_run_completes_once(pi: Pi) -> None
     assert entry["sha256"] == backups[0]["sha256"]
 
 
+def test_lost_answer_is_not_uploaded_twice(pi: Pi) -> None:
+    add_rows(pi.db, 300)
+    proxy = LossyProxy(pi.comp.port)
+    try:
+        args = pi.args()
+        args[args.index("--server") + 1] = proxy.url
+        result = run_tool(*args)
+    finally:
+        proxy.close()
+    assert proxy.dropped == 1, "the proxy did not drop an answer; the test proves nothing"
+    assert result.returncode == 0, result.stderr
+    assert "answer was lost" in result.stderr
+    backups = pi.listing("database")
+    assert len(backups) == 1
+    assert len(stored_files(pi.comp, "database")) == 1
+
+
 def test_sigterm_mid_upload_cleans_up_and_records_nothing(pi: Pi) -> None:
     add_rows(pi.db, 2000)
     proc = pi.popen("--limit-rate", "2000000", "--compress-level", "1")
@@ -637,3 +706,10 @@ def test_runs_from_a_bare_venv_without_third_party_packages(pi: Pi, tmp_path: Pa
     )
     assert pushed.returncode == 0, pushed.stderr
     assert len(pi.listing("database")) == 1
+
+
+def test_push_tool_version_follows_the_package() -> None:
+    import chi_companion
+    from chi_companion import push_client
+
+    assert push_client.VERSION == chi_companion.__version__

@@ -361,8 +361,8 @@ class AnalysisStore:
                                 ORDER BY id LIMIT 1)
                     RETURNING *""",
                 (RUNNING, now, now, time.time()),
-            ).fetchone()
-        return Analysis.from_row(row) if row else None
+            ).fetchall()  # drained before COMMIT: an unfinished statement would block it
+        return Analysis.from_row(row[0]) if row else None
 
     def update(self, analysis_id: int, **fields: Any) -> None:
         fields["updated_at"] = now_iso()

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
-VERSION = "1.0.0"
+# Kept equal to chi_companion.__version__ (a test checks): this file cannot import the package
+# because it is copied to the Pi on its own.
+VERSION = "0.1.0"
 PROG = "chi-companion-push"
 
 # Exit codes. Scripts (cron, the dispatcher hook, the Ansible role) branch on these, so they
@@ -1311,8 +1313,8 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
         prog=PROG,
         formatter_class=fmt,
         description=(
-            "Push a consistent snapshot of the car's SQLite database and the log files that "
-            "changed to the chi-companion server.\n\n"
+            "Push a consistent snapshot of the car's SQLite database and the log files\n"
+            "that changed to the chi-companion server.\n\n"
             "commands:\n"
             f"  {PROG} [push] [options]          snapshot + upload (the default)\n"
             f"  {PROG} restore --latest --to P   download, verify and unpack a database backup\n"
@@ -1338,9 +1340,9 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
         prog=f"{PROG} restore",
         formatter_class=fmt,
         description=(
-            "Download a database backup of this device, check its sha256 (header and listing), "
-            "gunzip it and run PRAGMA quick_check, then create --to. Never overwrites a file "
-            "and refuses the live database path (--db / config db)."
+            "Download a database backup of this device, check its sha256 (header and\n"
+            "listing), gunzip it and run PRAGMA quick_check, then create --to.\n"
+            "Never overwrites a file and refuses the live database path (--db / config db)."
         ),
         epilog=CONFIG_SEARCH_HELP + "\n" + EXIT_CODES_HELP,
     )

@@ -28,7 +28,7 @@ def expected_version(ansible_vars: dict[str, Any]) -> str:
     marker = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "expected-version"
     if marker.exists():
         return marker.read_text().strip()
-    return str(ansible_vars["scenario_old_version"])
+    return str(ansible_vars["ollama_test_old_version"])
 
 
 def api(host: Any, path: str) -> Any:
