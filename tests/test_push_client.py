@@ -712,4 +712,4 @@ def test_push_tool_version_follows_the_package() -> None:
     import chi_companion
     from chi_companion import push_client
 
-    assert push_client.VERSION == chi_companion.__version__
+    assert chi_companion.__version__ == push_client.VERSION
