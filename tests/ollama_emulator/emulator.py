@@ -1384,7 +1384,7 @@ def _cmd_serve() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     _log("Ollama API emulator: a TEST DOUBLE, no model runs here")
-    _log(f'server config env="OLLAMA_HOST:{host}:{port} OLLAMA_MODELS:{models_dir}"')
+    _log(f"server config env=map[OLLAMA_HOST:{host}:{port} OLLAMA_MODELS:{models_dir}]")
     _log(f"total models {len(emulator.models)}: {' '.join(emulator.models)}")
     try:
         _log(f"Listening on {host}:{port} (version {EMULATOR_VERSION})")

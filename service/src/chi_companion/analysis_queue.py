@@ -808,7 +808,7 @@ class AnalysisQueue:
         timestamps) decides: a backlog of old rows still draining is not quiet.
         The Pi's drive_end event is deliberately not used: it does not always fire."""
         conn = self.ctx.db.conn()
-        room = int(self.max_queue * AUTO_QUEUE_SHARE) - self.store.depth(conn)
+        room = max(1, int(self.max_queue * AUTO_QUEUE_SHARE)) - self.store.depth(conn)
         if room <= 0:
             return 0
         cutoff = iso_z(datetime.fromtimestamp(time.time() - self.quiet_seconds, UTC))

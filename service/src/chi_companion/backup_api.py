@@ -103,7 +103,7 @@ class Body:
         return chunk
 
     def drain(self) -> bool:
-        """Read and discard the rest if it is small; True when nothing is left unread."""
+        """Read and discard the rest within the drain bounds; True when nothing is left unread."""
         if self.remaining == 0:
             return True
         if self.remaining < 0 or self.remaining > DRAIN_MAX_BYTES:
@@ -176,7 +176,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
             # e.g. ENOSPC from mkdir or the directory fsync, after the data itself was written.
             if is_disk_full(exc):
                 return _api_error(disk_full())
-            log.error("storing an upload failed: %s", exc)
+            log.exception("storing an upload failed")
             return ApiError(500, "internal error", "could not store the file; see the log")
         return exc
 
