@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bottle import request
-
 from .analysis_queue import (
     PENDING,
     SCHEMA,
@@ -36,7 +34,9 @@ from .analysis_queue import (
 from .db import transaction
 from .drive_digest import InlinePoint, build_inline_digest, drive_exists
 from .http_json import ApiError, NonFiniteCounter, is_finite_number, json_response, read_json
+from .ids import DEVICE_ID_RULE, as_int64, is_device_id
 from .ollama_client import OllamaClient
+from .params import query_choice, query_device_id, query_int, query_number
 
 if TYPE_CHECKING:
     from bottle import Bottle
@@ -48,12 +48,15 @@ API = "/api/v1"
 WAIT_CAP_SECONDS = 30.0
 WAIT_POLL_SECONDS = 1.0  # re-read the row even without a wake-up (the CLI may change it)
 MAX_FOCUS = 8
-FOCUS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]{0,39}$")
+FOCUS_RE = re.compile(r"[A-Za-z][A-Za-z0-9 _-]{0,39}")
 MAX_LIST = 500
+DEFAULT_LIST = 100
 MAX_INLINE_ROWS = 200_000
 MAX_TEXT = 64
 DEFAULT_RETRY_AFTER = 60
-MAX_ID = 2**63 - 1
+# A parameter name must have something besides blanks. The blanks are spelled out rather than
+# written \s, whose meaning differs between Python and the spec's ECMA-262 patterns.
+NAME_RE = re.compile(r"[^ \t\n\r\f\v]")
 
 
 @dataclass
@@ -150,20 +153,12 @@ def _bad(detail: str) -> ApiError:
     return ApiError(422, "invalid analysis request", detail)
 
 
-def _int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and -MAX_ID - 1 <= value <= MAX_ID
-
-
 def _focus(body: dict[str, Any]) -> list[str]:
     focus = body.get("focus", [])
-    if focus is None:
-        return []
-    if isinstance(focus, str):
-        focus = [focus]
     if not isinstance(focus, list) or len(focus) > MAX_FOCUS:
         raise _bad(f"focus must be a list of at most {MAX_FOCUS} areas")
     for item in focus:
-        if not isinstance(item, str) or not FOCUS_RE.match(item):
+        if not isinstance(item, str) or not FOCUS_RE.fullmatch(item):
             raise _bad(
                 "each focus area must be 1-40 characters of letters, digits, space, _ or -, "
                 'starting with a letter (e.g. "cooling", "fuel trims")'
@@ -192,8 +187,8 @@ def _inline_points(rows: Any) -> list[InlinePoint]:
         if not isinstance(row, dict):
             raise _bad(f"{where} must be an object")
         name = row.get("parameter_name")
-        if not isinstance(name, str) or not name.strip():
-            raise _bad(f"{where}.parameter_name must be a non-empty string")
+        if not isinstance(name, str) or not NAME_RE.search(name):
+            raise _bad(f"{where}.parameter_name must be a string that is not blank")
         value = row.get("value")
         if value is not None and not is_finite_number(value):
             raise _bad(f"{where}.value must be a number or null")
@@ -251,9 +246,11 @@ def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
     svc = service(ctx)
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
-    device_id = body.get("deviceId", principal_device)
-    if not isinstance(device_id, str):
-        raise _bad("deviceId must be a string")
+    # Required, as in /sync and /backup: the body says which device's data it is about, and
+    # the operator key (which has no device) can never be guessed wrong.
+    device_id = body.get("deviceId")
+    if not is_device_id(device_id):
+        raise _bad(f"deviceId is required: a string of {DEVICE_ID_RULE}")
     if device_id not in ctx.config.devices:
         raise ApiError(404, "unknown device", f"no device {device_id[:64]!r} is configured")
     if principal_device is not None and principal_device != device_id:
@@ -272,9 +269,9 @@ def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
     digest: dict[str, Any] | None = None
     drive_id: int | None = None
     if has_drive:
-        drive_id = body["driveId"]
-        if not _int(drive_id):
-            raise _bad("driveId must be an integer")
+        drive_id = as_int64(body["driveId"])
+        if drive_id is None:
+            raise _bad("driveId must be a 64-bit integer")
         source, source_key = "drive", f"drive:{drive_id}"
     else:
         points = _inline_points(body["rows"])
@@ -339,16 +336,7 @@ def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
 
 
 def _wait_seconds() -> float:
-    raw = request.query.get("wait")
-    if raw is None or raw == "":
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(400, "bad request", "wait must be a number of seconds") from None
-    if not value >= 0:  # also rejects NaN
-        raise ApiError(400, "bad request", "wait must be 0 or more seconds")
-    return min(value, WAIT_CAP_SECONDS)
+    return min(query_number("wait") or 0.0, WAIT_CAP_SECONDS)
 
 
 def wait_for(svc: AnalysisService, analysis_id: int, seconds: float) -> Analysis | None:
@@ -386,7 +374,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
         body = read_json(body_limit, NonFiniteCounter())
         return submit(ctx, principal.device_id, body)
 
-    @app.get(f"{API}/analyses/<analysis_id:int>")
+    @app.get(f"{API}/analyses/<analysis_id:id>")
     def get_analysis(analysis_id: int) -> Any:
         principal = ctx.keys.authenticate()
         seconds = _wait_seconds()
@@ -402,26 +390,14 @@ def routes(app: Bottle, ctx: Companion) -> None:
     @app.get(f"{API}/analyses")
     def list_analyses() -> Any:
         principal = ctx.keys.authenticate()
-        query = request.query
-        device_id = query.get("deviceId") or principal.device_id
+        device_id = query_device_id() or principal.device_id
         if device_id is not None:
             if device_id not in ctx.config.devices:
-                raise ApiError(404, "unknown device", f"no device {device_id[:64]!r} is configured")
+                raise ApiError(404, "unknown device", f"no device {device_id!r} is configured")
             principal.require_device(device_id)
-        drive_id: int | None = None
-        if query.get("driveId"):
-            try:
-                drive_id = int(query["driveId"])
-            except ValueError:
-                raise ApiError(400, "bad request", "driveId must be an integer") from None
-        status = query.get("status") or None
-        if status is not None and status not in STATUSES:
-            raise ApiError(400, "bad request", f"status must be one of {', '.join(STATUSES)}")
-        try:
-            limit = int(query.get("limit") or 100)
-        except ValueError:
-            raise ApiError(400, "bad request", "limit must be an integer") from None
-        limit = max(1, min(limit, MAX_LIST))
+        drive_id = query_int("driveId")
+        status = query_choice("status", STATUSES)
+        limit = query_int("limit", 1, MAX_LIST) or DEFAULT_LIST
         jobs = service(ctx).store.list(device_id, drive_id, status, limit)
         return json_response(
             200, {"analyses": [j.as_json(data_dir, full=False) for j in jobs], "limit": limit}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from importlib import resources
 from typing import Any
@@ -15,10 +16,12 @@ from .context import Companion
 from .features import feature_routes
 from .health import health_report
 from .http_json import ApiError, NonFiniteCounter, json_response, read_json
-from .sync_store import DEVICE_ID_RE, validate
+from .params import install_id_filter, query_device_id
+from .sync_store import validate
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _error_handler(res: HTTPError) -> str:
@@ -57,9 +60,26 @@ def transient_db_error(exc: sqlite3.Error) -> ApiError:
     )
 
 
+def _check_path() -> None:
+    """Refuse a path that no route can mean, before routing.
+
+    Bottle decodes the path as UTF-8 ignoring bad bytes, so ``obd%FF.db`` would arrive as
+    ``obd.db``: a name quietly changed. And its route patterns end in ``$``, which also matches
+    before a trailing newline, so ``/backups/5%0A`` would be backup 5. No path of this API has
+    a control character, so a path with one is refused whole."""
+    try:
+        path = request.environ["bottle.raw_path"].encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        raise ApiError(400, "bad request", "the path is not valid UTF-8") from None
+    if CONTROL_RE.search(path):
+        raise ApiError(400, "bad request", "the path must not contain control characters")
+
+
 def create_app(ctx: Companion) -> Bottle:
     app = Bottle(catchall=True)
     app.default_error_handler = _error_handler  # type: ignore[method-assign]
+    app.add_hook("before_request", _check_path)
+    install_id_filter(app)
     cfg = ctx.config
     body_limit = cfg.server["max_body_bytes"]
 
@@ -120,10 +140,7 @@ def create_app(ctx: Companion) -> Bottle:
     @app.get(f"{API}/sync/status")
     def sync_status() -> Any:
         principal = ctx.keys.authenticate()
-        device_id = request.query.get("deviceId")
-        if device_id is not None and not DEVICE_ID_RE.fullmatch(device_id):
-            raise ApiError(400, "bad deviceId", "deviceId must be 1-64 of A-Z a-z 0-9 . _ -")
-        device_id = device_id or principal.device_id
+        device_id = query_device_id() or principal.device_id
         if device_id is None:
             return json_response(
                 200,

@@ -39,7 +39,9 @@ from .backup_store import (
     store_for,
 )
 from .backup_store import SCHEMA as BACKUP_SCHEMA
+from .config import BACKUP_TYPES
 from .http_json import ApiError, content_length, json_response
+from .params import query_choice, query_device_id
 
 if TYPE_CHECKING:
     from bottle import Bottle
@@ -250,17 +252,12 @@ def routes(app: Bottle, ctx: Companion) -> None:
 
     def list_backups() -> HTTPResponse:
         principal = ctx.keys.authenticate()
-        device_id = request.query.get("deviceId") or principal.device_id
-        backup_type = request.query.get("type") or None
+        device_id = query_device_id() or principal.device_id
+        backup_type = query_choice("type", BACKUP_TYPES)
+        if device_id is not None:
+            principal.require_device(device_id)
         try:
-            if device_id is not None:
-                check_device_id(device_id)
-                principal.require_device(device_id)
-            if backup_type is not None:
-                check_type(backup_type)
             backups = store.list(device_id, backup_type)
-        except UploadError as exc:
-            raise _api_error(exc) from None
         except sqlite3.Error as exc:
             raise transient_db_error(exc) from None
         return json_response(200, {"backups": [b.as_json() for b in backups]})
@@ -325,8 +322,8 @@ def routes(app: Bottle, ctx: Companion) -> None:
     app.route(f"{API}/backups/<device_id>/<backup_type>/<filename:path>", "PUT", put_upload)
     app.route(f"{API}/backup", "POST", multipart_upload)
     app.route(f"{API}/backups", "GET", list_backups)
-    app.route(f"{API}/backups/<backup_id:int>", ["GET", "HEAD"], download)
-    app.route(f"{API}/backups/<backup_id:int>", "DELETE", delete)
+    app.route(f"{API}/backups/<backup_id:id>", ["GET", "HEAD"], download)
+    app.route(f"{API}/backups/<backup_id:id>", "DELETE", delete)
 
 
 class _MultipartForm:
@@ -405,7 +402,8 @@ class _MultipartForm:
                                     raise ApiError(
                                         400, "bad multipart", f"field {current!r} given twice"
                                     )
-                                self.fields[current] = buf.decode("utf-8", "replace").strip()
+                                # As sent, not stripped: the spec's patterns apply to it.
+                                self.fields[current] = buf.decode("utf-8", "replace")
                                 if current != "sha256":
                                     self._check(current, self.fields[current])
                             current = None

@@ -35,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import retention
 from .clock import iso_z, parse_iso_z, utc_now
-from .config import BACKUP_TYPES, DEVICE_ID_RE
+from .config import BACKUP_TYPES
 from .db import Database, transaction
+from .ids import DEVICE_ID_RULE, is_device_id
 
 if TYPE_CHECKING:
     from .config import Config
@@ -64,17 +65,21 @@ SCHEMA = [
 CHUNK = 1 << 20  # 1 MiB: large recv()/write() calls, still nothing for RSS
 TEMP_PREFIX = ".upload-"
 TEMP_SUFFIX = ".tmp"
-MAX_CLIENT_NAME = 1024
+# A file name, as on most filesystems (NAME_MAX). Also what fits a PUT's request line: 255
+# characters percent-encoded are at most 255 * 12 bytes, well inside gunicorn's 4094-byte
+# limit, so every name the API accepts can actually be sent in the URL (a longer line gets
+# gunicorn's own 414 before the app sees it).
+MAX_CLIENT_NAME = 255
 MAX_STEM = 80
-SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+SHA256_RE = re.compile(r"[0-9a-fA-F]{64}")
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-EXT_RE = re.compile(r"^[A-Za-z0-9]{1,10}$")
+EXT_RE = re.compile(r"[A-Za-z0-9]{1,10}")
 # Compression suffixes keep the suffix before them: obd.db.gz is stored as obd-<ts>.db.gz.
 COMPRESSED_EXTS = frozenset({"gz", "xz", "bz2", "zst", "lz4", "lzma", "br"})
 UNSAFE_RE = re.compile(r"[^A-Za-z0-9._-]+")
 STORED_NAME_RE = re.compile(
-    r"^(?P<stem>[A-Za-z0-9._-]+?)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?"
-    r"(?P<ext>(?:\.[A-Za-z0-9]{1,10}){0,2})$"
+    r"(?P<stem>[A-Za-z0-9._-]+?)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?"
+    r"(?P<ext>(?:\.[A-Za-z0-9]{1,10}){0,2})"
 )
 # Errors that mean "the disk (or the quota) is full": the client should retry later.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -131,10 +136,8 @@ COLUMNS = "id, device_id, type, name, size, sha256, received_at"
 
 
 def check_device_id(device_id: str) -> None:
-    if not DEVICE_ID_RE.match(device_id):
-        raise UploadError(
-            400, "bad device id", "a device id is 1-64 of A-Z a-z 0-9 . _ - (letter/digit first)"
-        )
+    if not is_device_id(device_id):
+        raise UploadError(400, "bad device id", f"a device id is {DEVICE_ID_RULE}")
 
 
 def check_type(backup_type: str) -> None:
@@ -143,10 +146,11 @@ def check_type(backup_type: str) -> None:
 
 
 def check_sha256(value: str | None) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
-    value = value.strip()
-    if not SHA256_RE.match(value):
+    # Exactly 64 hex digits: an empty or padded value is a client bug (it meant to send a
+    # digest), and accepting it would silently skip the check the client asked for.
+    if not SHA256_RE.fullmatch(value):
         raise UploadError(400, "bad sha256", "sha256 must be 64 hexadecimal digits")
     return value.lower()
 
@@ -171,11 +175,11 @@ def split_client_name(raw: str) -> tuple[str, str]:
     # Leading dots would make a hidden file, and hidden names are how temp files look.
     base = raw.lstrip(".")
     stem, dot, ext = base.rpartition(".")
-    if not dot or not stem or not EXT_RE.match(ext):
+    if not dot or not stem or not EXT_RE.fullmatch(ext):
         stem, ext = base, ""
     elif ext.lower() in COMPRESSED_EXTS:
         inner_stem, inner_dot, inner_ext = stem.rpartition(".")
-        if inner_dot and inner_stem and EXT_RE.match(inner_ext):
+        if inner_dot and inner_stem and EXT_RE.fullmatch(inner_ext):
             stem, ext = inner_stem, f"{inner_ext}.{ext}"
     stem = UNSAFE_RE.sub("_", stem).strip("._-")[:MAX_STEM].rstrip("._-") or "backup"
     return stem, ext.lower()
@@ -189,7 +193,7 @@ def stored_name(stem: str, ext: str, received: datetime, n: int) -> str:
 
 def received_from_name(name: str) -> datetime | None:
     """The receive time encoded in a stored name (used to adopt files the catalog lacks)."""
-    match = STORED_NAME_RE.match(name)
+    match = STORED_NAME_RE.fullmatch(name)
     if not match:
         return None
     try:
@@ -570,7 +574,7 @@ class BackupStore:
                 if top.is_file() or top.is_symlink():
                     yield top, None, None
                 continue
-            device_ok = bool(DEVICE_ID_RE.match(top.name))
+            device_ok = is_device_id(top.name)
             for sub in sorted(top.iterdir()):
                 if sub.is_symlink() or not sub.is_dir():
                     yield sub, None, None

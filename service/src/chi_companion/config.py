@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from .ids import DEVICE_ID_RULE, is_device_id
+
 BACKUP_TYPES = ("database", "logs", "config")
 RETENTION_RULES = (
     "keep_last",
@@ -288,10 +289,8 @@ def _devices(raw: Any, problems: list[tuple[str, str]]) -> dict[str, str]:
         return devices
     for device_id, entry in raw.items():
         where = f"devices.{device_id}"
-        if not DEVICE_ID_RE.fullmatch(device_id):
-            problems.append(
-                (where, "device id must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter/digit")
-            )
+        if not is_device_id(device_id):
+            problems.append((where, f"device id must be {DEVICE_ID_RULE}"))
             continue
         if not isinstance(entry, dict):
             problems.append((where, "must be a table with api_key"))

@@ -23,10 +23,9 @@ from typing import Any
 from .clock import iso_z, now_iso, utc_now
 from .db import transaction
 from .http_json import ApiError
+from .ids import DEVICE_ID_RULE, as_int64, is_device_id
 
 TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
-DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-MAX_ID = 2**63 - 1
 MAX_BATCH_ID = 200
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 # Pruning the history costs a DELETE; doing it on every request while the Pi
@@ -145,29 +144,13 @@ def _scrub(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
-def _as_int(value: Any) -> int | None:
-    """The value as a 64-bit integer, or None when it is not one.
-
-    A float with no fractional part (5.0) counts, as JSON Schema counts it: some JSON
-    writers print integral numbers that way."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float):
-        if not value.is_integer():
-            return None
-        value = int(value)
-    if isinstance(value, int) and -MAX_ID - 1 <= value <= MAX_ID:
-        return value
-    return None
-
-
 def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
     """Check a parsed sync body against the contract; raise a 4xx naming the bad field."""
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
     device_id = body.get("deviceId")
-    if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
-        raise _bad("deviceId must be a string of 1-64 characters A-Z a-z 0-9 . _ -")
+    if not is_device_id(device_id):
+        raise _bad(f"deviceId must be a string of {DEVICE_ID_RULE}")
     batch_id = body.get("batchId")
     if not isinstance(batch_id, str) or not (0 < len(batch_id) <= MAX_BATCH_ID):
         raise _bad(f"batchId must be a non-empty string of at most {MAX_BATCH_ID} characters")
@@ -177,7 +160,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
     last_drive_id: int | None = None
     if "driveCounter" in body and body["driveCounter"] is not None:
         counter = body["driveCounter"]
-        last_drive_id = _as_int(counter.get("lastDriveId")) if isinstance(counter, dict) else None
+        last_drive_id = as_int64(counter.get("lastDriveId")) if isinstance(counter, dict) else None
         if last_drive_id is None:
             raise _bad('driveCounter must be {"lastDriveId": <integer>}')
     non_finite = non_finite_tokens
@@ -191,7 +174,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         if not isinstance(table, dict):
             raise _bad(f"tables.{name} must be an object with rows")
         last_synced = table.get("lastSyncedId")
-        if last_synced is not None and _as_int(last_synced) is None:
+        if last_synced is not None and as_int64(last_synced) is None:
             raise _bad(f"tables.{name}.lastSyncedId must be an integer")
         rows = table.get("rows")
         if not isinstance(rows, list):
@@ -200,7 +183,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise _bad(f"tables.{name}.rows[{index}] must be an object")
-            row_id = _as_int(row.get("id"))
+            row_id = as_int64(row.get("id"))
             if row_id is None:
                 raw = row.get("id")
                 shown = json.dumps(raw)[:40] if raw is not None else "nothing"
