@@ -27,9 +27,13 @@ while [[ $stop -eq 0 ]]; do
     echo "launch-host: boot #$boots of $machine at $(date -u +%FT%TZ)"
     # --register=no --keep-unit: this VM has neither systemd nor D-Bus as PID 1, and nspawn
     # exits at once with "Failed to open system bus" without them.
+    # --system-call-filter=bpf: nspawn's default filter denies bpf(), and without it the
+    # guest's systemd silently ignores IPAddressAllow=/IPAddressDeny= (measured: a unit with
+    # IPAddressDeny=any still connected); the roles rely on those for their port filters.
     systemd-nspawn --quiet --boot --directory="$rootdir" --machine="$machine" \
         --hostname="$hostname" --register=no --keep-unit --network-bridge="$bridge" \
-        --console=passive --resolv-conf=copy-host --link-journal=no &
+        --console=passive --resolv-conf=copy-host --link-journal=no \
+        --system-call-filter=bpf &
     child=$!
     wait "$child"
     rc=$?

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import sqlite3
 import threading
@@ -167,6 +168,17 @@ def _focus(body: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(focus))
 
 
+def _is_double(value: Any) -> bool:
+    """A finite number a double can hold (the digest stores values as SQLite REAL): JSON
+    also allows integers like 1 followed by 400 zeros, which no double can."""
+    if not is_finite_number(value):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _optional_text(row: dict[str, Any], key: str, where: str) -> str | None:
     value = row.get(key)
     if value is None:
@@ -190,8 +202,8 @@ def _inline_points(rows: Any) -> list[InlinePoint]:
         if not isinstance(name, str) or not NAME_RE.search(name):
             raise _bad(f"{where}.parameter_name must be a string that is not blank")
         value = row.get("value")
-        if value is not None and not is_finite_number(value):
-            raise _bad(f"{where}.value must be a number or null")
+        if value is not None and not _is_double(value):
+            raise _bad(f"{where}.value must be a number within +-1.8e308, or null")
         points.append(
             (
                 name[:MAX_TEXT],

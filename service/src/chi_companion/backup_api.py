@@ -379,7 +379,7 @@ class _MultipartForm:
             raise _api_error(exc) from None
 
     def receive(self, body: Body, boundary: str) -> Upload:
-        current: str | None = None  # "file", a field name, or None for a part we ignore
+        current: str | None = None  # "file" or a field name
         buf = bytearray()
         try:
             with PushMultipartParser(
@@ -395,7 +395,14 @@ class _MultipartForm:
                             elif event.name in FORM_FIELDS:
                                 current = event.name
                             else:
-                                current = None
+                                # The form is exactly what the spec lists (additionalProperties
+                                # false): a misspelt field must not be silently ignored.
+                                raise ApiError(
+                                    400,
+                                    "bad multipart",
+                                    f"unknown form field {event.name[:64]!r}; the form takes "
+                                    f"file, {', '.join(FORM_FIELDS)}",
+                                )
                         elif event is None:  # end of a part
                             if current in FORM_FIELDS:
                                 if current in self.fields:

@@ -92,6 +92,10 @@ def _num(value: float | int | None) -> float | int | None:
     if value is None or not math.isfinite(value):
         return None
     rounded = float(f"{value:.4g}")
+    if not math.isfinite(rounded):
+        # Rounding up the largest floats (1.7976931348623157e308 -> 1.798e308) overflows;
+        # the digest's JSON allows no infinity, so such a value stays as it was.
+        rounded = float(value)
     if rounded.is_integer() and abs(rounded) < 1e15:
         return int(rounded)
     return rounded
@@ -338,7 +342,10 @@ def build_inline_digest(
     conn = sqlite3.connect(":memory:")
     try:
         _prepare(conn)
-        conn.executemany(INLINE_POINT, ((p, v, ts, u, ts) for p, v, ts, u in points))
+        # Values as floats, as the REAL column keeps them anyway: sqlite3 cannot bind an int
+        # beyond 64 bits (callers pass only values a double can hold).
+        rows = ((p, None if v is None else float(v), ts, u, ts) for p, v, ts, u in points)
+        conn.executemany(INLINE_POINT, rows)
         head = {"source": "inline", "deviceId": device_id}
         return _summarize(conn, head, None, max_chars)
     finally:

@@ -241,6 +241,9 @@ def test_bad_config_fails_the_play_and_leaves_the_service_running(host: Any) -> 
             str(SCENARIO_DIR / "converge.yml"),
             "--extra-vars",
             '{"companion_ollama_keep_alive": "forever"}',
+            # The config step alone: what is tested is its validate-before-replace.
+            "--tags",
+            "companion_configure",
         ],
         capture_output=True,
         text=True,
