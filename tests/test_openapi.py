@@ -141,3 +141,41 @@ def test_running_companion_serves_the_spec(companion: Companion) -> None:
     assert status == 200
     assert headers["Content-Type"].startswith("application/yaml")
     assert body == SPEC_PATH.read_bytes()
+
+
+def _anchored(pattern: str) -> str:
+    return f"^{pattern}$"
+
+
+def test_the_specs_limits_are_the_servers() -> None:
+    """The spec's patterns and bounds are the ones the code enforces (fullmatch, so the spec's
+    ^...$ is the same rule), so neither can change without the other."""
+    from chi_companion import analysis_api, backup_store, config, ids, push_client, sync_store
+
+    spec = load_spec()
+    schemas = spec["components"]["schemas"]
+    assert schemas["DeviceId"]["pattern"] == _anchored(ids.DEVICE_ID_RE.pattern)
+    # The Pi's push tool is standalone (no chi_companion imports on the Pi): its copy must agree.
+    assert push_client.DEVICE_ID_RE.pattern == ids.DEVICE_ID_RE.pattern
+    assert schemas["Sha256"]["pattern"] == _anchored(backup_store.SHA256_RE.pattern)
+    assert schemas["BackupType"]["enum"] == list(config.BACKUP_TYPES)
+    assert schemas["AnalysisStatus"]["enum"] == list(analysis_api.STATUSES)
+    assert schemas["Int64"]["minimum"] == ids.INT64_MIN
+    assert schemas["Int64"]["maximum"] == schemas["Id"]["maximum"] == ids.INT64_MAX
+    sync = schemas["SyncRequest"]["properties"]
+    assert sync["tables"]["propertyNames"]["pattern"] == _anchored(sync_store.TABLE_NAME_RE.pattern)
+    assert sync["batchId"]["maxLength"] == sync_store.MAX_BATCH_ID
+    analyze = schemas["AnalyzeRequest"]["properties"]
+    assert analyze["focus"]["items"]["pattern"] == _anchored(analysis_api.FOCUS_RE.pattern)
+    assert analyze["focus"]["maxItems"] == analysis_api.MAX_FOCUS
+    assert analyze["rows"]["maxItems"] == analysis_api.MAX_INLINE_ROWS
+    name = analyze["rows"]["items"]["properties"]["parameter_name"]
+    assert name["pattern"] == analysis_api.NAME_RE.pattern
+    params = {
+        p["name"]: p["schema"] for p in spec["paths"]["/api/v1/analyses"]["get"]["parameters"]
+    }
+    assert params["limit"]["maximum"] == analysis_api.MAX_LIST
+    assert params["limit"]["default"] == analysis_api.DEFAULT_LIST
+    put = spec["paths"]["/api/v1/backups/{deviceId}/{type}/{filename}"]["put"]["parameters"]
+    filename = next(p["schema"] for p in put if p["name"] == "filename")
+    assert filename["maxLength"] == backup_store.MAX_CLIENT_NAME

@@ -268,9 +268,13 @@ def test_uploaded_backup_reaches_the_nas_with_the_same_sha256(
 
 
 def test_health_shows_the_last_replication(server: Any, base_url: str) -> None:
-    run = replicate(server, COMMAND, "--quiet")
+    # Exactly the cron job: the service user, cron's bare environment, --quiet.
+    run = server.run(
+        "cd / && runuser -u chi-companion -- env -i PATH=/usr/bin:/bin SHELL=/bin/sh"
+        f" {COMMAND} --quiet"
+    )
     assert run.rc == 0, run.stderr
-    assert run.stdout == ""  # --quiet (the cron job) prints nothing on success
+    assert run.stdout == ""  # --quiet prints nothing on success
     status = read_status(server)
 
     code, body = http("GET", f"{base_url}/api/v1/health")
@@ -442,9 +446,23 @@ def test_rsync_daemon_transport(server: Any, nas: Any, base_url: str, device_key
     assert status["exit_code"] == 0 and status["files"] >= 1
 
 
+def test_vault_provided_key_is_installed_as_given(server: Any, nas: Any) -> None:
+    """The mirror instance got its private key as a vault variable (made on this controller)."""
+    given = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "vault_replication_key"
+    installed = server.file("/etc/chi-nas-replication-mirror/id_ed25519")
+    assert installed.user == "chi-companion" and installed.mode == 0o600
+    assert installed.content_string.strip() == given.read_text().strip()
+    public = given.with_suffix(".pub").read_text().split()[:2]
+    derived = server.file("/etc/chi-nas-replication-mirror/id_ed25519.pub").content_string
+    assert derived.split()[:2] == public
+    authorized = nas.file("/home/chi-replica/.ssh/authorized_keys").content_string
+    assert f"restrict {public[0]} {public[1]}" in authorized
+
+
 def test_mirror_mode_deletes_with_a_cap(
     server: Any, nas: Any, base_url: str, device_key: str, operator_key: str
 ) -> None:
+    """Mirror mode (the instance logs in with the vault-provided key)."""
     stored = [
         upload(base_url, device_key, "logs", unique_name(f"mirror{i}", "txt"), f"{i}\n".encode())
         for i in range(4)

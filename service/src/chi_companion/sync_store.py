@@ -25,7 +25,7 @@ from .db import transaction
 from .http_json import ApiError
 from .ids import DEVICE_ID_RULE, as_int64, is_device_id
 
-TABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_BATCH_ID = 200
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 # Pruning the history costs a DELETE; doing it on every request while the Pi

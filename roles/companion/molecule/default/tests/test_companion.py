@@ -8,6 +8,7 @@ The reboot test is last on purpose: it must see everything else already in place
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -186,6 +187,20 @@ def test_health_answers_on_the_host(host: Any) -> None:
     assert health["components"]["database"]["status"] == "ok"
 
 
+def _row(row_id: int, timestamp: str, rpm: float) -> dict[str, Any]:
+    """A realtime_data row as the EclipseTuner Pi sends it (contract: eclipsetuner-wire.md)."""
+    return {
+        "id": row_id,
+        "timestamp": timestamp,
+        "parameter_name": "RPM",
+        "value": rpm,
+        "unit": "rpm",
+        "profile_id": "daily",
+        "data_source": "real",
+        "drive_id": 1,
+    }
+
+
 def test_sync_post_with_vault_key_is_accepted(address: str, vault_key: str) -> None:
     base = f"http://{address}:{PORT}/api/v1"
     payload = {
@@ -195,12 +210,8 @@ def test_sync_post_with_vault_key_is_accepted(address: str, vault_key: str) -> N
             "realtime_data": {
                 "lastSyncedId": 0,
                 "rows": [
-                    {"id": 1, "timestamp": "2026-04-19T08:00:00Z", "parameter_name": "RPM",
-                     "value": 900.0, "unit": "rpm", "profile_id": "daily",
-                     "data_source": "real", "drive_id": 1},
-                    {"id": 2, "timestamp": "2026-04-19T08:00:01Z", "parameter_name": "RPM",
-                     "value": 950.0, "unit": "rpm", "profile_id": "daily",
-                     "data_source": "real", "drive_id": 1},
+                    _row(1, "2026-04-19T08:00:00Z", 900.0),
+                    _row(2, "2026-04-19T08:00:01Z", 950.0),
                 ],
             }
         },
@@ -212,7 +223,9 @@ def test_sync_post_with_vault_key_is_accepted(address: str, vault_key: str) -> N
     # Stored, not just acknowledged.
     status, report = http("GET", f"{base}/sync/status?deviceId={DEVICE}", vault_key)
     assert status == 200, report
-    assert "realtime_data" in json.dumps(report)
+    assert report["tables"]["realtime_data"]["rows"] == 2
+    assert report["tables"]["realtime_data"]["maxId"] == 2
+    assert report["lastBatchId"] == payload["batchId"]
     # And the key matters: a wrong one is refused.
     status, _ = http("POST", f"{base}/sync", "x" * 43, payload)
     assert status == 401
@@ -230,7 +243,9 @@ def test_request_from_outside_the_allowed_range_is_refused(outsider: Any) -> Non
     assert ssh.stdout == "SSH-2.0"
 
 
-def test_bad_config_fails_the_play_and_leaves_the_service_running(host: Any) -> None:
+def test_bad_config_fails_the_play_and_leaves_the_service_running(
+    host: Any, vault_key: str
+) -> None:
     pid_before = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     config_before = host.file(CONFIG).sha256sum
     result = subprocess.run(
@@ -255,6 +270,7 @@ def test_bad_config_fails_the_play_and_leaves_the_service_running(host: Any) -> 
     assert result.returncode != 0, output[-3000:]
     assert "failed to validate" in output, output[-3000:]
     assert "ollama.keep_alive" in output, "the checker's own message reaches the user"
+    assert vault_key not in output, "the failure must not print the config's keys"
     assert host.file(CONFIG).sha256sum == config_before
     assert host.check_output(f"systemctl show -p MainPID --value {SERVICE}") == pid_before
     assert host.service(SERVICE).is_running
@@ -270,10 +286,9 @@ def _port_open(address: str, port: int) -> bool:
 
 def test_service_back_after_reboot(host: Any, outsider: Any, address: str) -> None:
     boot_before = host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
-    try:
+    # ssh may lose the connection as the host goes down: that is not a failure.
+    with contextlib.suppress(RuntimeError):
         host.run("systemctl reboot")
-    except RuntimeError:
-        pass  # ssh may lose the connection as the host goes down
     deadline = time.monotonic() + 120
     # Wait for the old boot to be gone first, so a still-running old instance can't pass.
     while _port_open(address, PORT) and time.monotonic() < deadline:
