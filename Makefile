@@ -5,8 +5,7 @@ BIN := $(VENV)/bin
 DEV_DIR ?= .dev
 PYTHON ?= python3
 
-.PHONY: help venv run test lint pytest molecule molecule-companion molecule-ollama molecule-site \
-        bench fuzz-long clean
+.PHONY: help venv run test lint pytest soak molecule bench fuzz-long clean
 
 help:
 	@echo "make run       set up .venv and start the companion on 127.0.0.1:8000 (data in $(DEV_DIR)/)"
@@ -14,7 +13,9 @@ help:
 	@echo "make lint      ruff, yamllint, ansible-lint (production profile)"
 	@echo "make pytest    service tests only"
 	@echo "make molecule  role and site scenarios on disposable systemd-nspawn hosts (root)"
+	@echo "make soak      60 s mixed-load soak (SOAK_SECONDS=600 for the full run)"
 	@echo "make bench     benchmarks under bench/"
+	@echo "make fuzz-long schemathesis with 500 examples per operation"
 
 venv: $(VENV)/.installed
 
@@ -30,7 +31,7 @@ run: venv
 	@echo "dev API key (device chi-eclipse-01): $$(sed -n 's/^api_key = "\(.*\)"/\1/p' $(DEV_DIR)/companion.toml | head -1)"
 	$(BIN)/chi-companion serve --config $(DEV_DIR)/companion.toml
 
-test: lint pytest molecule
+test: lint pytest soak molecule
 
 lint: venv
 	$(BIN)/ruff check service tests bench
@@ -44,8 +45,19 @@ pytest: venv
 molecule: venv
 	PATH="$(abspath $(BIN)):$$PATH" tests/molecule_rig/run-scenarios.sh
 
+# The 60-second soak CI runs; `make soak SOAK_SECONDS=600` for the full ten minutes.
+SOAK_SECONDS ?= 60
+soak: venv
+	$(BIN)/python bench/soak.py --duration $(SOAK_SECONDS)
+
 bench: venv
 	$(BIN)/python bench/sync_ingest.py
+	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/analysis.py
+
+# Many more generated cases per operation than CI's default of 25.
+fuzz-long: venv
+	FUZZ_EXAMPLES=500 $(BIN)/pytest tests/test_fuzz_api.py
 
 clean:
 	rm -rf $(VENV) $(DEV_DIR) .pytest_cache .ruff_cache

@@ -281,9 +281,7 @@ def main() -> int:
         problems = check_rows(comp, pis)
         listing = {}
         for device in DEVICES:
-            _, _, body = comp.request(
-                "GET", f"/api/v1/backups?deviceId={device}", key=keys[device]
-            )
+            _, _, body = comp.request("GET", f"/api/v1/backups?deviceId={device}", key=keys[device])
             listing.update({(device, b["sha256"]): b for b in body["backups"]})
         missing = [b for b in backups if b not in listing]
         if missing:

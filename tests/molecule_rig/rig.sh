@@ -3,7 +3,9 @@
 #
 #   rig.sh net-up BRIDGE SUBNET          bridge with the subnet's .1, ip_forward, MASQUERADE
 #   rig.sh net-down BRIDGE SUBNET        undo net-up for this bridge only
-#   rig.sh host-mount HOSTDIR LOWERDIR   overlayfs HOSTDIR/root = LOWERDIR + HOSTDIR/upper
+#   rig.sh host-mount HOSTDIR LOWERDIR NAME ADDRESS HOSTS_FILE PUBKEY
+#                                        overlayfs HOSTDIR/root = LOWERDIR + HOSTDIR/upper, then
+#                                        the host's identity, static address, /etc/hosts, root key
 #   rig.sh host-start HOSTDIR MACHINE HOSTNAME BRIDGE   boot it (detached launcher, pid file)
 #   rig.sh host-stop HOSTDIR...          clean poweroff, unmount, delete (hosts in parallel)
 #
@@ -87,7 +89,8 @@ net_down() {
 }
 
 host_mount() {
-    local hostdir="$1" lower="$2"
+    local hostdir="$1" lower="$2" name="$3" address="$4" hosts_file="$5" pubkey="$6"
+    local prefix="${address%.*}"
     [[ -f $lower/.complete ]] || die "lower dir $lower is not a finished image (run build-image.sh)"
     mkdir -p "$hostdir/upper" "$hostdir/work" "$hostdir/root"
     if ! mountpoint -q "$hostdir/root"; then
@@ -95,14 +98,30 @@ host_mount() {
             -o "lowerdir=$lower,upperdir=$hostdir/upper,workdir=$hostdir/work" "$hostdir/root"
         echo changed
     fi
-    # Per-host identity the shared image deliberately lacks; written once, kept across reboots.
     local root="$hostdir/root"
+    # Per-host identity the shared image deliberately lacks; written once, kept across reboots.
     if [[ ! -s $root/etc/machine-id ]]; then
         tr -d '-' </proc/sys/kernel/random/uuid >"$root/etc/machine-id"
     fi
     if ! compgen -G "$root/etc/ssh/ssh_host_*_key" >/dev/null; then
         ssh-keygen -q -A -f "$root"
     fi
+    echo "$name" >"$root/etc/hostname"
+    # No DNS between hosts: every host of the scenario is listed in every host's /etc/hosts.
+    install -m 0644 "$hosts_file" "$root/etc/hosts"
+    # "10-" sorts before the image's DHCP 80-container-host0.network, so this one applies.
+    cat >"$root/etc/systemd/network/10-host0.network" <<EOF
+[Match]
+Name=host0
+
+[Network]
+Address=$address/24
+Gateway=$prefix.1
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+EOF
+    install -d -m 0700 "$root/root/.ssh"
+    install -m 0600 "$pubkey" "$root/root/.ssh/authorized_keys"
 }
 
 launcher_alive() {
