@@ -11,11 +11,13 @@ rejection log all live in it. Concurrency comes from its threads.
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
 from typing import Any
 
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import close_graceful
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
@@ -84,6 +86,18 @@ def _already_closed(graceful: bool = False) -> None:
     """Stands in for TConn.close once the pool thread has closed the socket."""
 
 
+def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's answer to a request it refuses before the app sees it (a request line over
+    4094 bytes: 414, headers too large: 431, a malformed request: 400), as JSON like every
+    other error of the API rather than gunicorn's HTML page."""
+    body = json.dumps({"error": reason.lower(), "detail": mesg or None}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
 class CompanionServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, config: Config) -> None:
         self.companion_config = config
@@ -137,6 +151,9 @@ class CompanionServer(BaseApplication):  # type: ignore[misc]
 
 def serve(config: Config) -> int:
     setup_logging(config)
+    # gunicorn's Worker.handle_error writes its refusals through util.write_error; this
+    # process is the companion's server only, so the replacement touches nothing else.
+    gunicorn_util.write_error = write_json_error
     master_ctx = Companion.from_config(config)
     master_ctx.prepare_storage()
     master_ctx.db.close_all()
