@@ -25,6 +25,7 @@ from multipart import MultipartError, MultipartSegment, PushMultipartParser, par
 
 from .backup_store import (
     CHUNK,
+    Backup,
     BackupStore,
     Upload,
     UploadError,
@@ -44,6 +45,8 @@ from .http_json import ApiError, content_length, json_response
 from .params import query_choice, query_device_id
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from bottle import Bottle
 
     from .auth import Principal
@@ -163,6 +166,19 @@ def install(ctx: Companion) -> None:
     ctx.startup_tasks.append(lambda: reconcile_on_startup(ctx))
 
 
+class _Attempt:
+    """What an upload has opened so far: the body being read and the temp file."""
+
+    def __init__(self) -> None:
+        self.body: Body | None = None
+        self.upload: Upload | None = None
+
+    def abort(self) -> None:
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
+
+
 def routes(app: Bottle, ctx: Companion) -> None:
     # Imported here: app.py imports the feature list, which imports this module.
     from .app import API, transient_db_error
@@ -182,39 +198,43 @@ def routes(app: Bottle, ctx: Companion) -> None:
             return ApiError(500, "internal error", "could not store the file; see the log")
         return exc
 
-    def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
-        body: Body | None = None
-        upload: Upload | None = None
+    def receive(steps: Callable[[_Attempt], Backup]) -> HTTPResponse:
+        """Run an upload's steps; on any refusal or fault, remove the temp file, then answer.
+
+        Both upload routes share this, so every failure path of either route aborts the
+        temp file and drains (or closes) the rest of the body the same way."""
+        attempt = _Attempt()
         try:
+            backup = steps(attempt)
+            attempt.upload = None  # committed: the file is now a catalogued backup
+        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
+            # Abort before draining: the temp file's space is given back at once, not after
+            # the rest of the body has been read (another upload may be waiting for it).
+            attempt.abort()
+            raise _refuse(to_api(exc), attempt.body) from None
+        finally:
+            attempt.abort()
+        _retain(store, backup.device_id, backup.type)
+        return _created(backup.as_json(), API)
+
+    def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
+        def steps(attempt: _Attempt) -> Backup:
             principal = ctx.keys.authenticate()
             _device_for_write(principal, device_id, ctx)
             check_type(backup_type)
             stem, ext = split_client_name(filename)
             expected = check_sha256(request.get_header("X-Content-SHA256"))
-            body = Body(content_length(store.max_upload_bytes))
+            attempt.body = body = Body(content_length(store.max_upload_bytes))
             store.check_space(body.length)
-            upload = store.begin(store.ensure_dir(device_id, backup_type))
+            attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
             while chunk := body.read():
                 upload.write(chunk)
-            backup = upload.commit(device_id, backup_type, stem, ext, expected)
-            upload = None
-        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
-            # Abort before draining: the temp file's space is given back at once, not after
-            # the rest of the body has been read (another upload may be waiting for it).
-            if upload is not None:
-                upload.abort()
-                upload = None
-            raise _refuse(to_api(exc), body) from None
-        finally:
-            if upload is not None:
-                upload.abort()
-        _retain(store, device_id, backup_type)
-        return _created(backup.as_json(), API)
+            return upload.commit(device_id, backup_type, stem, ext, expected)
+
+        return receive(steps)
 
     def multipart_upload() -> HTTPResponse:
-        body: Body | None = None
-        upload: Upload | None = None
-        try:
+        def steps(attempt: _Attempt) -> Backup:
             principal = ctx.keys.authenticate()
             mime, options = parse_options_header(request.environ.get("CONTENT_TYPE", ""))
             if mime != "multipart/form-data":
@@ -224,31 +244,20 @@ def routes(app: Bottle, ctx: Companion) -> None:
             boundary = options.get("boundary")
             if not boundary:
                 raise ApiError(400, "bad multipart", "the Content-Type has no boundary")
-            body = Body(content_length(store.max_upload_bytes + MULTIPART_OVERHEAD))
+            attempt.body = body = Body(content_length(store.max_upload_bytes + MULTIPART_OVERHEAD))
             store.check_space(body.length)
             form = _MultipartForm(ctx, store, principal)
-            upload = form.receive(body, boundary)
+            attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
             header_sha = check_sha256(request.get_header("X-Content-SHA256"))
             field_sha = check_sha256(form.fields.get("sha256"))
             if header_sha and field_sha and header_sha != field_sha:
                 raise ApiError(400, "bad sha256", "the sha256 field and header disagree")
-            backup = upload.commit(
+            return upload.commit(
                 device_id, backup_type, form.stem, form.ext, field_sha or header_sha
             )
-            upload = None
-        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
-            # Abort before draining: the temp file's space is given back at once, not after
-            # the rest of the body has been read (another upload may be waiting for it).
-            if upload is not None:
-                upload.abort()
-                upload = None
-            raise _refuse(to_api(exc), body) from None
-        finally:
-            if upload is not None:
-                upload.abort()
-        _retain(store, device_id, backup_type)
-        return _created(backup.as_json(), API)
+
+        return receive(steps)
 
     def list_backups() -> HTTPResponse:
         principal = ctx.keys.authenticate()

@@ -18,16 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .ids import DEVICE_ID_RULE, is_device_id
+from .retention import RULES
 
 BACKUP_TYPES = ("database", "logs", "config")
-RETENTION_RULES = (
-    "keep_last",
-    "keep_hourly",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-)
 # A car that drives daily: a week of every upload, then thinning out to a few yearly copies.
 DEFAULT_RETENTION: dict[str, dict[str, int]] = {
     "database": {
@@ -268,9 +261,9 @@ def _retention(raw: Any, problems: list[tuple[str, str]]) -> dict[str, dict[str,
         # an operator can write exactly the policy they mean (an empty table keeps everything).
         chosen: dict[str, int] = {}
         for rule, count in rules.items():
-            if rule not in RETENTION_RULES:
+            if rule not in RULES:
                 problems.append(
-                    (f"{where}.{rule}", f"unknown rule (known: {', '.join(RETENTION_RULES)})")
+                    (f"{where}.{rule}", f"unknown rule (known: {', '.join(RULES)})")
                 )
             elif not _matches(count, int) or count < 0:
                 problems.append((f"{where}.{rule}", f"must be an integer >= 0, got {count!r}"))
