@@ -41,7 +41,7 @@ from .backup_store import (
 )
 from .backup_store import SCHEMA as BACKUP_SCHEMA
 from .config import BACKUP_TYPES
-from .http_json import ApiError, content_length, json_response
+from .http_json import ApiError, Body, content_length, json_response
 from .params import query_choice, query_device_id
 
 if TYPE_CHECKING:
@@ -74,38 +74,11 @@ def _api_error(exc: UploadError) -> ApiError:
     return ApiError(exc.status, exc.error, exc.detail, headers=headers)
 
 
-class Body:
-    """The request body of declared length, read in chunks; tracks what is left to drain."""
-
-    def __init__(self, length: int) -> None:
-        self.stream = request.environ["wsgi.input"]
-        self.length = length
-        self.remaining = length
+class UploadBody(Body):
+    """An upload's body: read in large chunks, and drained after a refusal."""
 
     def read(self, size: int = CHUNK) -> bytes:
-        if self.remaining <= 0:
-            return b""
-        try:
-            chunk: bytes = self.stream.read(min(size, self.remaining))
-        except (TimeoutError, OSError):
-            self.remaining = -1  # the connection is unusable: nothing left worth draining
-            raise ApiError(
-                408,
-                "request timeout",
-                "the body did not arrive in time",
-                headers={"Connection": "close"},
-            ) from None
-        if not chunk:
-            got = self.length - self.remaining
-            self.remaining = -1
-            raise ApiError(
-                400,
-                "incomplete body",
-                f"the body ended after {got} of {self.length} bytes",
-                headers={"Connection": "close"},
-            )
-        self.remaining -= len(chunk)
-        return chunk
+        return super().read(size)
 
     def drain(self) -> bool:
         """Read and discard the rest within the drain bounds; True when nothing is left unread."""
@@ -129,11 +102,11 @@ def _declared_length() -> int | None:
     return length if length >= 0 else None
 
 
-def _refuse(exc: ApiError, body: Body | None) -> ApiError:
+def _refuse(exc: ApiError, body: UploadBody | None) -> ApiError:
     """Prepare an error for an upload whose body may be partly unread."""
     if body is None:
         length = _declared_length()
-        body = Body(length) if length is not None else None
+        body = UploadBody(length) if length is not None else None
     if body is None or not body.drain():
         exc.set_header("Connection", "close")
     return exc
@@ -170,7 +143,7 @@ class _Attempt:
     """What an upload has opened so far: the body being read and the temp file."""
 
     def __init__(self) -> None:
-        self.body: Body | None = None
+        self.body: UploadBody | None = None
         self.upload: Upload | None = None
 
     def abort(self) -> None:
@@ -224,7 +197,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
             check_type(backup_type)
             stem, ext = split_client_name(filename)
             expected = check_sha256(request.get_header("X-Content-SHA256"))
-            attempt.body = body = Body(content_length(store.max_upload_bytes))
+            attempt.body = body = UploadBody(content_length(store.max_upload_bytes))
             store.check_space(body.length)
             attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
             while chunk := body.read():
@@ -244,7 +217,9 @@ def routes(app: Bottle, ctx: Companion) -> None:
             boundary = options.get("boundary")
             if not boundary:
                 raise ApiError(400, "bad multipart", "the Content-Type has no boundary")
-            attempt.body = body = Body(content_length(store.max_upload_bytes + MULTIPART_OVERHEAD))
+            attempt.body = body = UploadBody(
+                content_length(store.max_upload_bytes + MULTIPART_OVERHEAD)
+            )
             store.check_space(body.length)
             form = _MultipartForm(ctx, store, principal)
             attempt.upload = upload = form.receive(body, boundary)
@@ -387,7 +362,7 @@ class _MultipartForm:
         except UploadError as exc:
             raise _api_error(exc) from None
 
-    def receive(self, body: Body, boundary: str) -> Upload:
+    def receive(self, body: UploadBody, boundary: str) -> Upload:
         current: str | None = None  # "file" or a field name
         buf = bytearray()
         try:

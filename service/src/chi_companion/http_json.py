@@ -81,27 +81,48 @@ def content_length(limit: int) -> int:
     return length
 
 
+class Body:
+    """A request body of declared length, read from ``wsgi.input`` in chunks.
+
+    A stalled client (the socket's read timeout) is 408, a body shorter than its
+    Content-Length is 400; both close the connection, which can no longer be trusted."""
+
+    def __init__(self, length: int) -> None:
+        self.stream = request.environ["wsgi.input"]
+        self.length = length
+        self.remaining = length
+
+    def read(self, size: int = READ_CHUNK) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        try:
+            chunk: bytes = self.stream.read(min(size, self.remaining))
+        except (TimeoutError, OSError):
+            self.remaining = -1  # the connection is unusable: nothing left worth reading
+            raise ApiError(
+                408,
+                "request timeout",
+                "the body did not arrive in time",
+                headers={"Connection": "close"},
+            ) from None
+        if not chunk:
+            got = self.length - self.remaining
+            self.remaining = -1
+            raise ApiError(
+                400,
+                "incomplete body",
+                f"the body ended after {got} of {self.length} bytes",
+                headers={"Connection": "close"},
+            )
+        self.remaining -= len(chunk)
+        return chunk
+
+
 def read_body(limit: int) -> bytes:
-    length = content_length(limit)
-    stream = request.environ["wsgi.input"]
+    body = Body(content_length(limit))
     parts: list[bytes] = []
-    remaining = length
-    try:
-        while remaining > 0:
-            chunk = stream.read(min(READ_CHUNK, remaining))
-            if not chunk:
-                raise ApiError(
-                    400, "bad request", f"body ended after {length - remaining} of {length} bytes"
-                )
-            parts.append(chunk)
-            remaining -= len(chunk)
-    except (TimeoutError, OSError):
-        raise ApiError(
-            408,
-            "request timeout",
-            "the body did not arrive in time",
-            headers={"Connection": "close"},
-        ) from None
+    while chunk := body.read():
+        parts.append(chunk)
     return b"".join(parts)
 
 
