@@ -262,9 +262,7 @@ def _retention(raw: Any, problems: list[tuple[str, str]]) -> dict[str, dict[str,
         chosen: dict[str, int] = {}
         for rule, count in rules.items():
             if rule not in RULES:
-                problems.append(
-                    (f"{where}.{rule}", f"unknown rule (known: {', '.join(RULES)})")
-                )
+                problems.append((f"{where}.{rule}", f"unknown rule (known: {', '.join(RULES)})"))
             elif not _matches(count, int) or count < 0:
                 problems.append((f"{where}.{rule}", f"must be an integer >= 0, got {count!r}"))
             else:
