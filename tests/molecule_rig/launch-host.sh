@@ -22,8 +22,10 @@ on_term() {
 trap on_term TERM INT HUP
 
 boots=0
+quick_failures=0
 while [[ $stop -eq 0 ]]; do
     boots=$((boots + 1))
+    started=$SECONDS
     echo "launch-host: boot #$boots of $machine at $(date -u +%FT%TZ)"
     # --register=no --keep-unit: this VM has neither systemd nor D-Bus as PID 1, and nspawn
     # exits at once with "Failed to open system bus" without them.
@@ -44,7 +46,17 @@ while [[ $stop -eq 0 ]]; do
     done
     child=""
     echo "launch-host: $machine exited with $rc"
-    if [[ $rc -ne 133 ]]; then
-        break
+    if [[ $rc -eq 133 ]]; then
+        quick_failures=0
+        continue
     fi
+    # Booting again right after a reboot can fail at once: the previous boot's veth pair
+    # may still be being torn down ("Failed to add new veth interfaces: File exists").
+    # Such a start dies within seconds; try again a few times before giving up.
+    if [[ $stop -eq 0 && $boots -gt 1 && $((SECONDS - started)) -lt 15 && $quick_failures -lt 5 ]]; then
+        quick_failures=$((quick_failures + 1))
+        sleep 2
+        continue
+    fi
+    break
 done

@@ -289,7 +289,7 @@ def test_service_back_after_reboot(host: Any, outsider: Any, address: str) -> No
     # ssh may lose the connection as the host goes down: that is not a failure.
     with contextlib.suppress(RuntimeError):
         host.run("systemctl reboot")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     # Wait for the old boot to be gone first, so a still-running old instance can't pass.
     while _port_open(address, PORT) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -302,7 +302,7 @@ def test_service_back_after_reboot(host: Any, outsider: Any, address: str) -> No
         except OSError:
             pass
         time.sleep(1)
-    assert status == 200, "health did not answer within 120 s of the reboot"
+    assert status == 200, "health did not answer within 180 s of the reboot"
     boot_after = host.file("/proc/sys/kernel/random/boot_id").content_string.strip()
     assert boot_after != boot_before, "the host really rebooted"
     assert host.service(SERVICE).is_running
