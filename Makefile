@@ -34,8 +34,8 @@ run: venv
 test: lint pytest soak molecule
 
 lint: venv
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production
 

@@ -1,0 +1,56 @@
+"""What the companion scenario's test modules share: the role's paths, the scenario's hosts,
+and a small HTTP helper (stdlib, so the controller needs nothing beyond testinfra)."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SERVICE = "chi-companion"
+USER = "chi-companion"
+DATA_DIR = "/srv/chi-companion"
+CONFIG = "/etc/chi-companion/companion.toml"
+VENV = "/opt/chi-companion/venv"
+PORT = 8000
+DEVICE = "chi-eclipse-01"
+SCENARIO_DIR = Path(__file__).resolve().parent.parent
+REPO = SCENARIO_DIR.parents[3]
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+
+
+def http(
+    method: str, url: str, key: str | None = None, body: Any = None, timeout: float = 10
+) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if key is not None:
+        req.add_header("X-API-Key", key)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def console_tail(host_name: str, lines: int = 60) -> str:
+    """The end of a test host's console (boot messages and the rig launcher's own lines).
+
+    The rig keeps it on this controller (tests/molecule_rig/rig.sh); a failure message that
+    carries it says whether the host booted, stopped, or never got its network.
+    """
+    scenario = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
+    bridge = scenario["provisioner"]["env"]["CHI_RIG_BRIDGE"]
+    state_root = Path(os.environ.get("CHI_RIG_STATE_DIR", "/var/lib/chi-molecule"))
+    log = state_root / bridge / host_name / "console.log"
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no console log: {exc})"
+    return f"--- last {lines} lines of {log}\n" + "\n".join(text.splitlines()[-lines:])
