@@ -109,22 +109,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _usage(args: argparse.Namespace) -> int:
-    print("usage: chi-companion analyses {list,show,retry} ...", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+def register(add_group: Callable[[str, str], Any]) -> None:
     """Add the ``analyses`` command group to the ``chi-companion`` parser (see cli.py)."""
-    group = add("analyses", _usage, "list, show and retry AI analyses of drives")
-    commands = group.add_subparsers(dest="analyses_command", required=True, metavar="ACTION")
-
-    def action(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
-        p = commands.add_parser(name, help=text, description=text)
-        # Also accepted after the action; SUPPRESS keeps a --config given before it.
-        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
-        p.set_defaults(handler=handler)
-        return p
+    action = add_group("analyses", "list, show and retry AI analyses of drives")
 
     listing = action("list", cmd_list, "list analyses, newest first")
     listing.add_argument("--device", help="only this device")

@@ -186,17 +186,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
+def register(add_group: Callable[[str, str], Any]) -> None:
     """Add the ``backups`` command group to the ``chi-companion`` parser (see cli.py)."""
-    group = add("backups", _usage, "list, prune, verify and restore stored backups")
-    commands = group.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
-
-    def action(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
-        p = commands.add_parser(name, help=text, description=text)
-        # Also accepted after the action; SUPPRESS keeps a --config given before it.
-        p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
-        p.set_defaults(handler=handler)
-        return p
+    action = add_group("backups", "list, prune, verify and restore stored backups")
 
     def filters(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", help="only this device")
@@ -221,7 +213,3 @@ def register(sub: Any, add: Callable[..., argparse.ArgumentParser]) -> None:
     restorer.add_argument("id", type=int, metavar="ID")
     restorer.add_argument("dest", metavar="DEST", help="file to create, or a directory")
     restorer.add_argument("--force", action="store_true", help="replace DEST if it exists")
-
-
-def _usage(args: argparse.Namespace) -> int:  # pragma: no cover - argparse requires an action
-    return EXIT_PROBLEM

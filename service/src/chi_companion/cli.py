@@ -16,6 +16,8 @@ from .release import ReleaseError, load_record
 
 DEFAULT_CONFIG = "/etc/chi-companion/companion.toml"
 Handler = Callable[[argparse.Namespace], int]
+# A command group's action adder: (action name, handler, help text) -> the action's parser.
+AddAction = Callable[[str, Handler, str], argparse.ArgumentParser]
 
 
 def _config_from(args: argparse.Namespace) -> Config:
@@ -129,12 +131,33 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--port", type=int, default=8000)
     status = add("sync-status", cmd_sync_status, "print what each device has synced")
     status.add_argument("--device", help="only this device")
+
+    def add_group(name: str, help_text: str) -> AddAction:
+        # required=True: argparse itself prints the usage when the action is missing, so the
+        # group's own handler is never called.
+        group = add(name, _no_action, help_text)
+        actions = group.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION")
+
+        def add_action(action: str, handler: Handler, text: str) -> argparse.ArgumentParser:
+            p = actions.add_parser(action, help=text, description=text)
+            # Also accepted after the action; SUPPRESS keeps a --config given before it.
+            p.add_argument("--config", "-c", default=argparse.SUPPRESS, help="config file")
+            p.set_defaults(handler=handler)
+            return p
+
+        return add_action
+
     for register in CLI_EXTENSIONS:
-        register(sub, add)
+        register(add_group)
     return parser
 
 
+def _no_action(args: argparse.Namespace) -> int:  # pragma: no cover - argparse requires one
+    return 2
+
+
 # Feature modules add their command groups here (e.g. `backups`, `analyses`).
+# Each gets `add_group(name, help) -> add_action` and adds its group's actions with it.
 CLI_EXTENSIONS: list[Callable[..., None]] = [backup_cli.register, analysis_cli.register]
 
 
