@@ -180,6 +180,15 @@ host_stop() {
     if mountpoint -q "$hostdir/root"; then
         umount "$hostdir/root" || umount -l "$hostdir/root"
     fi
+    # The console outlives the host, for the post-mortem of a failed run (molecule test
+    # destroys the hosts right after a failed verify).
+    if [[ -f $hostdir/console.log ]]; then
+        local bridge_dir
+        bridge_dir="$(dirname "$hostdir")"
+        mkdir -p "$STATE_ROOT/last-console"
+        cp "$hostdir/console.log" \
+            "$STATE_ROOT/last-console/$(basename "$bridge_dir")-$(basename "$hostdir").log"
+    fi
     rm -rf "$hostdir"
 }
 
