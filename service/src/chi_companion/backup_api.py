@@ -77,8 +77,7 @@ def _api_error(exc: UploadError) -> ApiError:
 class UploadBody(Body):
     """An upload's body: read in large chunks, and drained after a refusal."""
 
-    def read(self, size: int = CHUNK) -> bytes:
-        return super().read(size)
+    chunk_size = CHUNK
 
     def drain(self) -> bool:
         """Read and discard the rest within the drain bounds; True when nothing is left unread."""

@@ -87,16 +87,18 @@ class Body:
     A stalled client (the socket's read timeout) is 408, a body shorter than its
     Content-Length is 400; both close the connection, which can no longer be trusted."""
 
+    chunk_size = READ_CHUNK
+
     def __init__(self, length: int) -> None:
         self.stream = request.environ["wsgi.input"]
         self.length = length
         self.remaining = length
 
-    def read(self, size: int = READ_CHUNK) -> bytes:
+    def read(self) -> bytes:
         if self.remaining <= 0:
             return b""
         try:
-            chunk: bytes = self.stream.read(min(size, self.remaining))
+            chunk: bytes = self.stream.read(min(self.chunk_size, self.remaining))
         except (TimeoutError, OSError):
             self.remaining = -1  # the connection is unusable: nothing left worth reading
             raise ApiError(
