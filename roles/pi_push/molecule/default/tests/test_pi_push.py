@@ -218,9 +218,10 @@ def test_restored_backup_equals_the_database_once_the_app_stopped(
 
 
 def run_hook(host: Any, action: str, connection: str) -> Any:
-    """The hook as NetworkManager runs it: root, $1 interface, $2 action, $CONNECTION_ID."""
+    """The hook as NetworkManager runs it: root, $1 interface, $2 action, $CONNECTION_ID, and
+    an environment with little else (no PATH)."""
     return host.run(
-        f"env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin CONNECTION_ID={shlex.quote(connection)} "
+        f"env -i CONNECTION_ID={shlex.quote(connection)} NM_DISPATCHER_ACTION={action} "
         f"{HOOK} wlan0 {action}"
     )
 

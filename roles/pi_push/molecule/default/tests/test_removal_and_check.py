@@ -50,11 +50,23 @@ def recap(output: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
-def test_check_mode_on_the_converged_host_changes_nothing() -> None:
-    rc, output = run_playbook(PLAYBOOK, "--check")
+def test_check_mode_on_the_converged_host_changes_nothing(vault_key: str) -> None:
+    rc, output = run_playbook(PLAYBOOK, "--check", "--diff")
     assert rc == 0, output[-3000:]
     counts = recap(output)
     assert (counts["changed"], counts["failed"]) == (0, 0), output[-3000:]
+    assert vault_key not in output
+
+
+def test_the_key_never_reaches_the_output_even_when_it_changes(host: Any, vault_key: str) -> None:
+    """A changed key file is written with --diff and -v, and still not shown."""
+    host.run(f"echo stale-key-stale-key > {KEY_FILE}")
+    rc, output = run_playbook(PLAYBOOK, "--diff", "-v", "--tags", "pi_push_configure")
+    assert rc == 0, output[-3000:]
+    assert recap(output)["changed"] == 1, output[-3000:]
+    assert vault_key not in output
+    assert "stale-key" not in output
+    assert host.file(KEY_FILE).content_string == vault_key + "\n"
 
 
 def test_absent_removes_what_the_role_installed_and_keeps_the_app_data(host: Any) -> None:
@@ -74,9 +86,10 @@ def test_absent_removes_what_the_role_installed_and_keeps_the_app_data(host: Any
     assert recap(output)["changed"] == 0, "a second removal changes nothing"
 
 
-def test_check_mode_on_a_host_without_the_role(host: Any) -> None:
-    rc, output = run_playbook(PLAYBOOK, "--check")
+def test_check_mode_on_a_host_without_the_role(host: Any, vault_key: str) -> None:
+    rc, output = run_playbook(PLAYBOOK, "--check", "--diff")
     assert rc == 0, output[-3000:]
+    assert vault_key not in output
     counts = recap(output)
     assert counts["failed"] == 0
     assert counts["changed"] > 0, "check mode reports what a real run would change"
