@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import re
 import shlex
 import time
 import tomllib
@@ -97,6 +98,22 @@ def test_units_are_valid_and_the_timer_is_waiting(host: Any) -> None:
         assert str(EXIT_UNREACHABLE) in props["SuccessExitStatus"].split()
         assert props["Nice"] == "10"
     assert "--wait 10" in host.file(f"/etc/systemd/system/{WIFI_SERVICE}").content_string
+
+
+def test_units_are_sandboxed(host: Any) -> None:
+    for unit in (SERVICE, WIFI_SERVICE):
+        props = unit_props(
+            host, unit, "ProtectSystem", "ProtectHome", "ReadWritePaths", "NoNewPrivileges"
+        )
+        assert props["ProtectSystem"] == "strict"
+        assert props["ProtectHome"] == "read-only"
+        assert props["NoNewPrivileges"] == "yes"
+        assert sorted(props["ReadWritePaths"].split()) == sorted([STATE_DIR, DB.rsplit("/", 1)[0]])
+        out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+        match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert match, out[-500:]
+        # 10 = no sandbox at all, 0 = everything locked; the README records the measured value.
+        assert float(match.group(1)) <= 2.5, out[-2000:]
 
 
 def test_dispatcher_hook_is_root_owned_and_not_writable_by_others(host: Any) -> None:
