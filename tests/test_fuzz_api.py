@@ -229,7 +229,7 @@ BACKUPS = f"/api/v1/backups/{DEV}/database"
 INT64_OVER = str(2**63)
 # (request, expected status): each was a 500, an accepted request the spec forbids, or a
 # refused request the spec allows, until fixed. Query and path integers go through one parser
-# (chi_companion.params), so these stand for every route.
+# (chi_companion.core.params), so these stand for every route.
 PINNED: dict[str, tuple[Callable[[Companion], Any], int]] = {
     # 500: an integer past SQLite's 64-bit range reached the database as OverflowError.
     "analyses driveId past int64": (

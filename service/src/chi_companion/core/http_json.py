@@ -14,6 +14,7 @@ from typing import Any
 
 from bottle import HTTPResponse, request
 
+API = "/api/v1"  # every route's prefix
 READ_CHUNK = 64 * 1024
 
 

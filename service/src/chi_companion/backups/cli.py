@@ -12,21 +12,15 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from ..core.cli_support import AddGroup, config_from
+from ..core.config import BACKUP_TYPES, Config
+from ..core.db import Database
+from ..core.files import fsync_dir
 from . import retention
-from .backup_store import (
-    CHUNK,
-    Backup,
-    BackupStore,
-    PruneResult,
-    fsync_dir,
-)
-from .backup_store import SCHEMA as BACKUP_SCHEMA
-from .config import BACKUP_TYPES, Config
-from .db import Database
+from .store import CHUNK, Backup, BackupStore, PruneResult
+from .store import SCHEMA as BACKUP_SCHEMA
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -42,9 +36,7 @@ def _human(size: int) -> str:
 
 
 def _open_store(args: argparse.Namespace) -> BackupStore:
-    from .cli import _config_from
-
-    config: Config = _config_from(args)
+    config: Config = config_from(args)
     if not config.db_path.exists():
         # Creating the catalog here would make it owned by whoever runs the command (often
         # root), and the service could not write it afterwards.
@@ -186,7 +178,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(add_group: Callable[[str, str], Any]) -> None:
+def register(add_group: AddGroup) -> None:
     """Add the ``backups`` command group to the ``chi-companion`` parser (see cli.py)."""
     action = add_group("backups", "list, prune, verify and restore stored backups")
 
