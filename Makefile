@@ -51,8 +51,11 @@ lint: venv
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production
 
+# Tests run in parallel (pytest-xdist): most of their time is spent waiting on server
+# processes, so more workers than the 2 CI cores still pays. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 4
 pytest: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 molecule: venv
 	PATH="$(abspath $(BIN)):$$PATH" tests/molecule_rig/run-scenarios.sh

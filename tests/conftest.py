@@ -30,3 +30,14 @@ def make_companion(tmp_path: Path) -> Iterator[Callable[..., Companion]]:
 @pytest.fixture
 def companion(make_companion: Callable[..., Companion]) -> Companion:
     return make_companion()
+
+
+@pytest.fixture(scope="module")
+def module_companion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Companion]:
+    """One server for a module's validation matrix (a process per case only costs time).
+
+    Every case run against it must leave it as it found it (no rows, no files), and says so;
+    tests that change state or the process itself (restarts, kill -9) use ``companion``."""
+    comp = Companion(tmp_path_factory.mktemp("module")).start()
+    yield comp
+    comp.stop()

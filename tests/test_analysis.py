@@ -8,11 +8,11 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import requests
 from chi_companion.analysis.digest import DIGEST_MAX_CHARS, digest_text
 from chi_companion.analysis.result import RESULT_SCHEMA, validate_result
 
@@ -307,13 +307,10 @@ def test_missing_model_waits_and_completes_once_pulled(
         assert ollama["queue"]["waiting_for_model"] == 1
         assert "gemma2:2b" in ollama["detail"]
 
-        pull = urllib.request.Request(
-            emulator.url + "/api/pull",
-            data=json.dumps({"model": "gemma2:2b", "stream": False}).encode(),
-            method="POST",
+        pull = requests.post(
+            emulator.url + "/api/pull", json={"model": "gemma2:2b", "stream": False}, timeout=10
         )
-        with urllib.request.urlopen(pull, timeout=10) as resp:
-            assert json.loads(resp.read()) == {"status": "success"}
+        assert pull.json() == {"status": "success"}
         job = get(comp, accepted["id"], wait=20)
         assert job["status"] == "done", job
         _, _, ollama = health_ollama(comp)

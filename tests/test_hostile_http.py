@@ -189,7 +189,10 @@ def test_ten_thousand_tiny_concurrent_pings(companion: Companion) -> None:
         pytest.param(b'{"a":' * 50_000 + b"1" + b"}" * 50_000, id="deep-objects"),
     ],
 )
-def test_hostile_json_is_4xx_and_stores_nothing(companion: Companion, payload: bytes) -> None:
+def test_hostile_json_is_4xx_and_stores_nothing(
+    module_companion: Companion, payload: bytes
+) -> None:
+    companion = module_companion
     reply = exchange(companion, sync_request(companion, payload))
     status = status_of(reply)
     assert status is not None and 400 <= status < 500, reply[:300]

@@ -15,14 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import requests
 
 from tests.ollama_emulator import FAULT_KINDS, OllamaEmulator
 from tests.ollama_emulator.build_release import build_release, marker_name
@@ -86,14 +85,15 @@ def call(
     url: str, method: str, path: str, body: Any = None, timeout: float = 10
 ) -> tuple[int, bytes, dict[str, str]]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    resp = requests.request(
+        method,
+        url + path,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        timeout=timeout,
+        allow_redirects=False,
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+    return resp.status_code, resp.content, dict(resp.headers)
 
 
 def call_json(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

@@ -28,7 +28,7 @@ from ..core.context import Core
 from ..core.errors import DiskFull, DomainError, NotFound, UnknownDevice
 from ..core.files import is_disk_full
 from ..core.http_errors import to_api_error
-from ..core.http_json import API, ApiError, Body, content_length, json_response
+from ..core.http_json import API, ApiError, Body, content_length, declared_length, json_response
 from ..core.params import query_choice, query_device_id
 from .store import (
     CHUNK,
@@ -83,19 +83,10 @@ class UploadBody(Body):
         return self.remaining == 0
 
 
-def _declared_length() -> int | None:
-    raw = request.environ.get("CONTENT_LENGTH", "")
-    try:
-        length = int(raw)
-    except ValueError:
-        return None
-    return length if length >= 0 else None
-
-
 def _refuse(exc: ApiError, body: UploadBody | None) -> ApiError:
     """Prepare an error for an upload whose body may be partly unread."""
     if body is None:
-        length = _declared_length()
+        length = declared_length()
         body = UploadBody(length) if length is not None else None
     if body is None or not body.drain():
         exc.set_header("Connection", "close")
