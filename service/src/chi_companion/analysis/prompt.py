@@ -15,8 +15,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from .analysis_result import CATEGORIES, MAX_ANOMALIES, MAX_RECOMMENDATIONS, SEVERITIES
-from .drive_digest import PROFILE_BUCKETS, digest_text
+from .digest import PROFILE_BUCKETS, digest_text
+from .result import CATEGORIES, MAX_ANOMALIES, MAX_RECOMMENDATIONS, SEVERITIES
 
 PROMPT_VERSION = "drive_analysis_v1"
 DEFAULT_FOCUS = "none in particular (review everything)"

@@ -1,7 +1,7 @@
 """The backup routes: upload (raw PUT and multipart POST), list, download, delete.
 
 Upload bodies are read from ``wsgi.input`` in 1 MiB chunks straight into the temp file (see
-backup_store.Upload), never through Bottle's ``request.body``/``request.files``, which would
+backups.store.Upload), never through Bottle's ``request.body``/``request.files``, which would
 spool the whole body to memory or a second temp file first. The multipart form is parsed
 with ``multipart.PushMultipartParser`` for the same reason: the file part's bytes go from the
 socket to the temp file with nothing in between.
@@ -23,34 +23,30 @@ from typing import TYPE_CHECKING, Any
 from bottle import HTTPResponse, request
 from multipart import MultipartError, MultipartSegment, PushMultipartParser, parse_options_header
 
-from .backup_store import (
+from ..core.config import BACKUP_TYPES
+from ..core.context import Core
+from ..core.errors import DiskFull, DomainError, NotFound, UnknownDevice
+from ..core.files import is_disk_full
+from ..core.http_errors import to_api_error
+from ..core.http_json import API, ApiError, Body, content_length, declared_length, json_response
+from ..core.params import query_choice, query_device_id
+from .store import (
     CHUNK,
     Backup,
     BackupStore,
     Upload,
-    UploadError,
-    backups_health,
     check_device_id,
     check_sha256,
     check_type,
-    disk_full,
-    is_disk_full,
-    reconcile_on_startup,
     split_client_name,
-    store_for,
 )
-from .backup_store import SCHEMA as BACKUP_SCHEMA
-from .config import BACKUP_TYPES
-from .http_json import ApiError, Body, content_length, json_response
-from .params import query_choice, query_device_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from bottle import Bottle
 
-    from .auth import Principal
-    from .context import Companion
+    from ..core.auth import Principal
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +63,6 @@ MULTIPART_OVERHEAD = 64 * 1024
 MAX_FIELD_BYTES = 1024
 MAX_PARTS = 16
 FORM_FIELDS = ("deviceId", "type", "sha256")
-
-
-def _api_error(exc: UploadError) -> ApiError:
-    headers = {"Retry-After": "300"} if exc.status == 507 else None
-    return ApiError(exc.status, exc.error, exc.detail, headers=headers)
 
 
 class UploadBody(Body):
@@ -92,30 +83,21 @@ class UploadBody(Body):
         return self.remaining == 0
 
 
-def _declared_length() -> int | None:
-    raw = request.environ.get("CONTENT_LENGTH", "")
-    try:
-        length = int(raw)
-    except ValueError:
-        return None
-    return length if length >= 0 else None
-
-
 def _refuse(exc: ApiError, body: UploadBody | None) -> ApiError:
     """Prepare an error for an upload whose body may be partly unread."""
     if body is None:
-        length = _declared_length()
+        length = declared_length()
         body = UploadBody(length) if length is not None else None
     if body is None or not body.drain():
         exc.set_header("Connection", "close")
     return exc
 
 
-def _device_for_write(principal: Principal, device_id: str, ctx: Companion) -> None:
+def _device_for_write(principal: Principal, device_id: str, ctx: Core) -> None:
     check_device_id(device_id)
     principal.require_device(device_id)
     if device_id not in ctx.config.devices:
-        raise ApiError(404, "unknown device", f"no device {device_id!r} is configured")
+        raise UnknownDevice(device_id)
 
 
 def _created(backup_json: dict[str, Any], api: str) -> HTTPResponse:
@@ -132,12 +114,6 @@ def _retain(store: BackupStore, device_id: str, backup_type: str) -> None:
         log.exception("retention for %s/%s failed", device_id, backup_type)
 
 
-def install(ctx: Companion) -> None:
-    ctx.schemas.extend(BACKUP_SCHEMA)
-    ctx.health_checks["backups"] = lambda: backups_health(ctx)
-    ctx.startup_tasks.append(lambda: reconcile_on_startup(ctx))
-
-
 class _Attempt:
     """What an upload has opened so far: the body being read and the temp file."""
 
@@ -151,21 +127,14 @@ class _Attempt:
             self.upload = None
 
 
-def routes(app: Bottle, ctx: Companion) -> None:
-    # Imported here: app.py imports the feature list, which imports this module.
-    from .app import API, transient_db_error
-
-    store = store_for(ctx)
-
-    def to_api(exc: UploadError | ApiError | sqlite3.Error | OSError) -> ApiError:
-        if isinstance(exc, UploadError):
-            return _api_error(exc)
-        if isinstance(exc, sqlite3.Error):
-            return transient_db_error(exc)
+def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
+    def to_api(exc: DomainError | ApiError | sqlite3.Error | OSError) -> ApiError:
+        if isinstance(exc, DomainError | sqlite3.Error):
+            return to_api_error(exc)
         if isinstance(exc, OSError):
             # e.g. ENOSPC from mkdir or the directory fsync, after the data itself was written.
             if is_disk_full(exc):
-                return _api_error(disk_full())
+                return to_api_error(DiskFull())
             log.exception("storing an upload failed")
             return ApiError(500, "internal error", "could not store the file; see the log")
         return exc
@@ -179,7 +148,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
         try:
             backup = steps(attempt)
             attempt.upload = None  # committed: the file is now a catalogued backup
-        except (UploadError, ApiError, sqlite3.Error, OSError) as exc:
+        except (DomainError, ApiError, sqlite3.Error, OSError) as exc:
             # Abort before draining: the temp file's space is given back at once, not after
             # the rest of the body has been read (another upload may be waiting for it).
             attempt.abort()
@@ -239,19 +208,13 @@ def routes(app: Bottle, ctx: Companion) -> None:
         backup_type = query_choice("type", BACKUP_TYPES)
         if device_id is not None:
             principal.require_device(device_id)
-        try:
-            backups = store.list(device_id, backup_type)
-        except sqlite3.Error as exc:
-            raise transient_db_error(exc) from None
+        backups = store.list(device_id, backup_type)
         return json_response(200, {"backups": [b.as_json() for b in backups]})
 
     def _find(backup_id: int, principal: Principal) -> Any:
-        try:
-            backup = store.get(backup_id)
-        except sqlite3.Error as exc:
-            raise transient_db_error(exc) from None
+        backup = store.get(backup_id)
         if backup is None:
-            raise ApiError(404, "not found", f"no backup with id {backup_id}")
+            raise NotFound(f"no backup with id {backup_id}")
         principal.require_device(backup.device_id)
         return backup
 
@@ -289,10 +252,7 @@ def routes(app: Bottle, ctx: Companion) -> None:
         if not principal.is_operator:
             raise ApiError(403, "forbidden", "device keys may add backups but never delete them")
         backup = _find(backup_id, principal)
-        try:
-            store.delete(backup)
-        except sqlite3.Error as exc:
-            raise transient_db_error(exc) from None
+        store.delete(backup)
         log.info(
             "operator deleted backup %d (%s/%s/%s)",
             backup.id,
@@ -318,7 +278,7 @@ class _MultipartForm:
     filesystem, so the final link is still atomic and nothing is written twice).
     """
 
-    def __init__(self, ctx: Companion, store: BackupStore, principal: Principal) -> None:
+    def __init__(self, ctx: Core, store: BackupStore, principal: Principal) -> None:
         self.ctx = ctx
         self.store = store
         self.principal = principal
@@ -343,8 +303,8 @@ class _MultipartForm:
                 _device_for_write(self.principal, value, self.ctx)
             elif name == "type":
                 check_type(value)
-        except UploadError as exc:
-            raise _api_error(exc) from None
+        except DomainError as exc:
+            raise to_api_error(exc) from None
         self._checked.add(name)
 
     def _start_file(self, segment: MultipartSegment) -> None:
@@ -358,8 +318,8 @@ class _MultipartForm:
             else:
                 directory = self.store.root
             self.upload = self.store.begin(directory)
-        except UploadError as exc:
-            raise _api_error(exc) from None
+        except DomainError as exc:
+            raise to_api_error(exc) from None
 
     def receive(self, body: UploadBody, boundary: str) -> Upload:
         current: str | None = None  # "file" or a field name

@@ -15,16 +15,15 @@ import json
 import logging
 import logging.handlers
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
 
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.util import close_graceful
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
-from .app import create_app
 from .config import Config
-from .context import Companion
 
 log = logging.getLogger("chi_companion")
 LOG_FILE_BYTES = 10 * 1024 * 1024
@@ -32,7 +31,7 @@ LOG_FILE_COUNT = 5
 
 
 def setup_logging(config: Config) -> None:
-    level = getattr(logging, config.server["log_level"].upper())
+    level = getattr(logging, config.server.log_level.upper())
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger("chi_companion")
     root.setLevel(level)
@@ -98,29 +97,46 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
-class CompanionServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, config: Config) -> None:
+class Service(Protocol):
+    """What the server runs: built once in the master (storage) and again in the worker."""
+
+    def prepare_storage(self) -> None: ...
+    def start_background(self) -> None: ...
+    def stop_background(self) -> None: ...
+    def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
+AppFactory = Callable[[S], Any]
+
+
+class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
+    def __init__(
+        self, config: Config, build: Callable[[Config], S], make_app: AppFactory[S]
+    ) -> None:
         self.companion_config = config
-        self.ctx: Companion | None = None
+        self.build = build
+        self.make_app = make_app
+        self.ctx: S | None = None
         super().__init__()
 
     def load_config(self) -> None:
         server = self.companion_config.server
-        host = server["host"]
-        bind = f"[{host}]:{server['port']}" if ":" in host else f"{host}:{server['port']}"
+        host = server.host
+        bind = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
         settings: dict[str, Any] = {
             "bind": [bind],
             "workers": 1,
-            "worker_class": "chi_companion.server.ReadTimeoutThreadWorker",
-            "threads": server["threads"],
+            "worker_class": "chi_companion.core.server.ReadTimeoutThreadWorker",
+            "threads": server.threads,
             "timeout": 60,
-            "graceful_timeout": server["graceful_timeout_seconds"],
+            "graceful_timeout": server.graceful_timeout_seconds,
             # One request per connection (the Pi sends Connection: close anyway), so the
             # read timeout set when a connection starts covers every request.
             "keepalive": 0,
             "accesslog": "-",
             "errorlog": "-",
-            "loglevel": server["log_level"],
+            "loglevel": server.log_level,
             "proc_name": "chi-companion",
             # The hardened unit has a read-only filesystem outside the data dir
             # and no home: gunicorn's runtime control socket has nowhere to live.
@@ -132,12 +148,10 @@ class CompanionServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        ReadTimeoutThreadWorker.read_timeout = self.companion_config.server[
-            "request_timeout_seconds"
-        ]
+        ReadTimeoutThreadWorker.read_timeout = self.companion_config.server.request_timeout_seconds
         # Runs in the worker, after fork: threads and SQLite connections are per process.
-        self.ctx = Companion.from_config(self.companion_config)
-        return create_app(self.ctx)
+        self.ctx = self.build(self.companion_config)
+        return self.make_app(self.ctx)
 
     def _post_worker_init(self, worker: Any) -> None:
         if self.ctx is not None:
@@ -146,24 +160,24 @@ class CompanionServer(BaseApplication):  # type: ignore[misc]
     def _worker_exit(self, server: Any, worker: Any) -> None:
         if self.ctx is not None:
             self.ctx.stop_background()
-            self.ctx.db.close_all()
+            self.ctx.close()
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S]) -> int:
     setup_logging(config)
     # gunicorn's Worker.handle_error writes its refusals through util.write_error; this
     # process is the companion's server only, so the replacement touches nothing else.
     gunicorn_util.write_error = write_json_error
-    master_ctx = Companion.from_config(config)
+    master_ctx = build(config)
     master_ctx.prepare_storage()
-    master_ctx.db.close_all()
+    master_ctx.close()
     # Logging is set up again: prepare_storage may just have created logs/.
     setup_logging(config)
     log.info(
         "chi-companion listening on %s:%s, data in %s",
-        config.server["host"],
-        config.server["port"],
+        config.server.host,
+        config.server.port,
         config.data_dir,
     )
-    CompanionServer(config).run()
+    CompanionServer(config, build, make_app).run()
     return 0

@@ -11,25 +11,23 @@ import argparse
 import json
 import sqlite3
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from .analysis_queue import STATUSES, Analysis, AnalysisStore
-from .config import Config
+from ..core.cli_support import AddGroup, config_from
+from ..core.config import Config
+from ..core.context import Core
+from .jobs import STATUSES, Analysis, AnalysisStore
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 
 
 def _store(args: argparse.Namespace) -> tuple[Config, AnalysisStore] | None:
-    from .cli import _config_from
-    from .context import Companion
-
-    config = _config_from(args)
+    config = config_from(args)
     if not config.db_path.exists():
         print(f"no database at {config.db_path}: has the service run yet?", file=sys.stderr)
         return None
-    return config, AnalysisStore(Companion.from_config(config))
+    return config, AnalysisStore(Core.from_config(config))
 
 
 def _row(job: Analysis) -> str:
@@ -109,7 +107,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(add_group: Callable[[str, str], Any]) -> None:
+def register(add_group: AddGroup) -> None:
     """Add the ``analyses`` command group to the ``chi-companion`` parser (see cli.py)."""
     action = add_group("analyses", "list, show and retry AI analyses of drives")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from bottle import HTTPResponse, request
 
+API = "/api/v1"  # every route's prefix
 READ_CHUNK = 64 * 1024
 
 
@@ -60,16 +61,27 @@ def require_json_content_type() -> None:
         )
 
 
+def declared_length() -> int | None:
+    """The request's Content-Length, or None when it is absent or not a count of bytes."""
+    raw = request.environ.get("CONTENT_LENGTH", "")
+    try:
+        length = int(raw)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
 def content_length(limit: int) -> int:
     """The declared body length, refusing a body over ``limit`` before reading any of it."""
     raw = request.environ.get("CONTENT_LENGTH", "")
     if not raw:
         raise ApiError(411, "length required", "send a Content-Length header")
-    try:
-        length = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad request", "Content-Length is not an integer") from None
-    if length < 0:
+    length = declared_length()
+    if length is None:
+        try:
+            int(raw)
+        except ValueError:
+            raise ApiError(400, "bad request", "Content-Length is not an integer") from None
         raise ApiError(400, "bad request", "Content-Length is negative")
     if length > limit:
         raise ApiError(

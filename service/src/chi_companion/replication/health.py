@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .clock import parse_iso_z, utc_now
-
-if TYPE_CHECKING:
-    from bottle import Bottle
-
-    from .context import Companion
+from ..core.clock import parse_iso_z, utc_now
+from ..core.config import Config
 
 
-def replication_health(ctx: Companion) -> dict[str, Any]:
-    path = ctx.config.replication_status_file
-    max_age = timedelta(hours=ctx.config.replication["max_age_hours"])
+def replication_health(config: Config) -> dict[str, Any]:
+    path = config.replication_status_file
+    max_age = timedelta(hours=config.replication.max_age_hours)
     try:
         with open(path, encoding="utf-8") as fh:
             status = json.load(fh)
@@ -48,11 +44,3 @@ def replication_health(ctx: Companion) -> dict[str, Any]:
     else:
         report["status"] = "ok"
     return report
-
-
-def install(ctx: Companion) -> None:
-    ctx.health_checks["replication"] = lambda: replication_health(ctx)
-
-
-def routes(app: Bottle, ctx: Companion) -> None:
-    """No routes: replication is reported through /health only."""

@@ -22,7 +22,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .db import connect
+from ..core.db import connect
+from ..sync.queries import (
+    UNIX_SECONDS,
+    copy_drive_points,
+    drive_event_docs,
+    timed_event_docs,
+)
 
 DIGEST_VERSION = 1
 # About 4.5k tokens even for digit-heavy JSON (Gemma tokenizes digits one by one):
@@ -47,22 +53,8 @@ PARAMETER_KEYS = (
     *("mean", "sd", "spanS", "minAtS", "maxAtS", "profile"),
 )
 QUANTILES = (("p5", 0.05), ("p50", 0.5), ("p95", 0.95))
-# Seconds since the Unix epoch from any timestamp SQLite's date functions read:
-# the Pi sends "...T...Z", "YYYY-MM-DD HH:MM:SS" and naive times with microseconds.
-UNIX_SECONDS = "(julianday({col}) - 2440587.5) * 86400.0"
-
 POINTS_TABLE = """CREATE TEMP TABLE digest_points (
     p TEXT NOT NULL, v REAL, ts TEXT, u TEXT, t REAL)"""
-DRIVE_POINTS = f"""INSERT INTO temp.digest_points (p, v, ts, u, t)
-    SELECT coalesce(substr(CAST(p AS TEXT), 1, {MAX_NAME_CHARS}), '(unnamed)'),
-           CASE WHEN typeof(v) IN ('integer', 'real') THEN v END,
-           ts, u, {UNIX_SECONDS.format(col="ts")}
-    FROM (SELECT json_extract(doc, '$.parameter_name') AS p,
-                 json_extract(doc, '$.value') AS v,
-                 json_extract(doc, '$.timestamp') AS ts,
-                 json_extract(doc, '$.unit') AS u
-          FROM main.synced_rows INDEXED BY synced_rows_by_drive
-          WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?)"""
 INLINE_POINT = f"""INSERT INTO temp.digest_points (p, v, ts, u, t)
     VALUES (?, ?, ?, ?, {UNIX_SECONDS.format(col="?")})"""
 PARAMETER_STATS = """SELECT p, count(*), count(v), min(v), max(v), avg(v), avg(v * v),
@@ -76,15 +68,6 @@ AT_RANK = """SELECT v, t FROM temp.digest_points
 PROFILE = """SELECT p, min(:buckets - 1, CAST((t - :t0) * :buckets / :span AS INTEGER)) AS b,
         avg(v)
     FROM temp.digest_points WHERE v IS NOT NULL AND t IS NOT NULL GROUP BY p, b"""
-DRIVE_EVENTS = """SELECT doc FROM synced_rows INDEXED BY synced_rows_by_drive
-    WHERE device_id = ? AND table_name = ? AND drive_id = ? ORDER BY row_id LIMIT ?"""
-_EVENT_TIME = UNIX_SECONDS.format(
-    col="coalesce(json_extract(doc, '$.timestamp'), json_extract(doc, '$.created_at'))"
-)
-TIMED_EVENTS = f"""SELECT doc FROM synced_rows
-    WHERE device_id = ? AND table_name = ? AND drive_id IS NULL
-      AND {_EVENT_TIME} BETWEEN ? AND ?
-    ORDER BY row_id LIMIT ?"""
 
 
 def _num(value: float | int | None) -> float | int | None:
@@ -108,15 +91,6 @@ def _dumps(value: Any) -> str:
 def digest_text(digest: dict[str, Any]) -> str:
     """The digest exactly as it goes into the prompt (and as its size is bounded)."""
     return _dumps(digest)
-
-
-def drive_exists(conn: sqlite3.Connection, device_id: str, drive_id: int) -> bool:
-    row = conn.execute(
-        """SELECT 1 FROM synced_rows INDEXED BY synced_rows_by_drive
-           WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ? LIMIT 1""",
-        (device_id, drive_id),
-    ).fetchone()
-    return row is not None
 
 
 def _parameters(conn: sqlite3.Connection, t0: float | None) -> list[dict[str, Any]]:
@@ -209,23 +183,18 @@ def _events(
 ) -> dict[str, list[dict[str, Any]]]:
     found: dict[str, list[dict[str, Any]]] = {}
     for table, field in EVENT_TABLES.items():
-        docs = [d for (d,) in conn.execute(DRIVE_EVENTS, (device_id, table, drive_id, MAX_EVENTS))]
+        docs = drive_event_docs(conn, device_id, table, drive_id, MAX_EVENTS)
         if table in TIMED_EVENT_TABLES and t0 is not None and t1 is not None:
             room = MAX_EVENTS - len(docs)
             if room > 0:
-                docs += [
-                    d
-                    for (d,) in conn.execute(
-                        TIMED_EVENTS,
-                        (
-                            device_id,
-                            table,
-                            t0 - EVENT_TIME_SLACK_S,
-                            t1 + EVENT_TIME_SLACK_S,
-                            room,
-                        ),
-                    )
-                ]
+                docs += timed_event_docs(
+                    conn,
+                    device_id,
+                    table,
+                    t0 - EVENT_TIME_SLACK_S,
+                    t1 + EVENT_TIME_SLACK_S,
+                    room,
+                )
         events = [e for e in map(_compact_event, docs) if e]
         if events:
             found[field] = events
@@ -320,7 +289,7 @@ def build_drive_digest(
         # even while the Pi keeps syncing.
         conn.execute("BEGIN")
         try:
-            conn.execute(DRIVE_POINTS, (device_id, drive_id))
+            copy_drive_points(conn, "temp.digest_points", device_id, drive_id, MAX_NAME_CHARS)
             t0, t1 = conn.execute("SELECT min(t), max(t) FROM temp.digest_points").fetchone()
             events = _events(conn, device_id, drive_id, t0, t1)
             head = {"source": "drive", "deviceId": device_id, "driveId": drive_id}

@@ -1,7 +1,9 @@
 """Loading and validating the companion's TOML configuration.
 
-The schema is declared once (``SCHEMA``) and drives defaults, type checks, the
-unknown-key check and the environment overrides, so a new setting is one line.
+Each section is a frozen dataclass whose fields declare a setting once: type (the
+annotation), default, description, check and environment override. From them come the
+loader's type checks, the unknown-key check, the environment overrides, the typed ``Config``
+the code reads (``config.server.port``) and docs/configuration.md (``core.config_doc``).
 Every problem is collected (not just the first) because ``check-config`` must
 print all of them for the operator in one go.
 """
@@ -9,18 +11,28 @@ print all of them for the operator in one go.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
 from .ids import DEVICE_ID_RULE, is_device_id
-from .retention import RULES
 
 BACKUP_TYPES = ("database", "logs", "config")
+# The retention rules [backups.retention.<type>] may set (restic's --keep-* options); the
+# backups package gives each its meaning.
+RETENTION_RULES: tuple[str, ...] = (
+    "keep_last",
+    "keep_hourly",
+    "keep_daily",
+    "keep_weekly",
+    "keep_monthly",
+    "keep_yearly",
+)
 # A car that drives daily: a week of every upload, then thinning out to a few yearly copies.
 DEFAULT_RETENTION: dict[str, dict[str, int]] = {
     "database": {
@@ -48,12 +60,21 @@ class ConfigError(Exception):
 Check = Callable[[Any], str | None]
 
 
+def setting(default: Any, desc: str, check: Check | None = None, env: str | None = None) -> Any:
+    """A config field: its default, what it means (for docs/configuration.md), its check
+    and the environment variable that overrides it. The field's type is its annotation."""
+    return field(default=default, metadata={"desc": desc, "check": check, "env": env})
+
+
 @dataclass(frozen=True)
 class Setting:
+    """One setting as the loader checks it (derived from a section's field)."""
+
     kind: type | tuple[type, ...]
     default: Any
     check: Check | None = None
     env: str | None = None
+    desc: str = ""
 
 
 def _port(v: int) -> str | None:
@@ -98,76 +119,225 @@ def _non_empty(v: str) -> str | None:
     return None if v.strip() else "must not be empty"
 
 
-def _keep_alive(v: str) -> str | None:
-    ok = re.fullmatch(r"-?\d+(\.\d+)?(ms|s|m|h)?", v)
-    return None if ok else 'must be an Ollama duration such as "30m", "1h" or "-1"'
+# A Go duration as Ollama parses a keep_alive string (time.ParseDuration): one or more
+# number+unit pairs, or a bare "0". A number without a unit is refused by Ollama with
+# 400 'time: missing unit in duration', so it is refused here before it fails every analysis.
+_GO_DURATION_RE = re.compile(r"[-+]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|μs|ms|s|m|h))+|[-+]?0")
 
 
-SCHEMA: dict[str, dict[str, Setting]] = {
-    "server": {
-        "host": Setting(str, "127.0.0.1", _host, "COMPANION_HOST"),
-        "port": Setting(int, 8000, _port, "COMPANION_PORT"),
-        "data_dir": Setting(str, "/srv/chi-companion", _absolute, "COMPANION_DATA_DIR"),
-        "threads": Setting(int, 16, _positive),
-        "max_body_bytes": Setting(int, 8 * 1024 * 1024, _positive),
-        "request_timeout_seconds": Setting(int, 30, _positive),
-        "graceful_timeout_seconds": Setting(int, 30, _positive),
-        "log_level": Setting(str, "info", _log_level, "COMPANION_LOG_LEVEL"),
-    },
-    "release": {
-        "record_path": Setting(str, "", _absolute_or_empty, "COMPANION_RELEASE_RECORD"),
-    },
-    "sync": {
-        "history_max_age_days": Setting(int, 30, _positive),
-        "history_max_entries": Setting(int, 100_000, _positive),
-    },
-    "backups": {
-        "max_upload_bytes": Setting(int, 2 * 1024**3, _positive),
-        "min_free_bytes": Setting(int, 1024**3, _non_negative),
-    },
-    "ollama": {
-        "url": Setting(str, "http://127.0.0.1:11434", _http_url, "COMPANION_OLLAMA_URL"),
-        "model": Setting(str, "gemma2:2b", _non_empty, "COMPANION_OLLAMA_MODEL"),
-        "timeout_seconds": Setting((int, float), 600, _positive),
-        "keep_alive": Setting(str, "30m", _keep_alive),
-        "num_ctx": Setting(int, 8192, _positive),
-        "poll_seconds": Setting((int, float), 15, _positive),
-    },
-    "analysis": {
-        "auto": Setting(bool, True),
-        "quiet_minutes": Setting((int, float), 10, _positive),
-        "workers": Setting(int, 1, _positive),
-        "max_queue": Setting(int, 100, _positive),
-    },
-    "replication": {
-        "status_file": Setting(str, "", _absolute_or_empty),
-        "max_age_hours": Setting((int, float), 26, _positive),
-    },
-    "operator": {
-        "api_key": Setting(str, ""),
-    },
+def _keep_alive(v: str | int | float) -> str | None:
+    if isinstance(v, int | float):
+        return None if math.isfinite(v) else "must be a finite number of seconds"
+    if _GO_DURATION_RE.fullmatch(v):
+        return None
+    return (
+        "must be a number of seconds (e.g. 1800, or -1 to keep the model loaded) or a "
+        'duration with a unit such as "30m" or "1h"'
+        + (f"; {v!r} has no unit" if re.fullmatch(r"[-+]?\d+(\.\d+)?", v) else "")
+    )
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    """[server]: the HTTP server."""
+
+    host: str = setting(
+        "127.0.0.1",
+        "Address to listen on: 127.0.0.1 for this host only, 0.0.0.0 for the LAN (the Pi).",
+        _host,
+        "COMPANION_HOST",
+    )
+    port: int = setting(8000, "TCP port; the Pi's client expects 8000.", _port, "COMPANION_PORT")
+    data_dir: str = setting(
+        "/srv/chi-companion",
+        "Where the database, backups, analysis results and logs live (absolute path).",
+        _absolute,
+        "COMPANION_DATA_DIR",
+    )
+    threads: int = setting(
+        16,
+        "Request threads of the one worker process (uploads and long polls hold one).",
+        _positive,
+    )
+    max_body_bytes: int = setting(
+        8 * 1024 * 1024,
+        "Largest JSON body (sync, analyze) in bytes; a 500-row realtime_data batch is ~88 KB.",
+        _positive,
+    )
+    request_timeout_seconds: int = setting(
+        30, "A client that sends nothing for this long is answered 408 and disconnected.", _positive
+    )
+    graceful_timeout_seconds: int = setting(
+        30, "On SIGTERM, how long requests in flight may take to finish.", _positive
+    )
+    log_level: str = setting(
+        "info", "debug, info, warning or error.", _log_level, "COMPANION_LOG_LEVEL"
+    )
+
+
+@dataclass(frozen=True)
+class ReleaseSection:
+    """[release]: the release record the Pi's self-update check reads."""
+
+    record_path: str = setting(
+        "",
+        "JSON file with the published release (re-read when it changes); empty: none, and "
+        "GET /release/current answers 503.",
+        _absolute_or_empty,
+        "COMPANION_RELEASE_RECORD",
+    )
+
+
+@dataclass(frozen=True)
+class SyncSection:
+    """[sync]: the history of sync requests shown by /sync/status."""
+
+    history_max_age_days: int = setting(
+        30, "Sync history entries older than this many days are pruned.", _positive
+    )
+    history_max_entries: int = setting(
+        100_000, "At most this many sync history entries are kept.", _positive
+    )
+
+
+@dataclass(frozen=True)
+class BackupsSection:
+    """[backups]: uploads of the Pi's database, logs and config. Retention per type is set
+    in [backups.retention.<type>] (see below)."""
+
+    max_upload_bytes: int = setting(
+        2 * 1024**3, "Largest backup file in bytes; a bigger upload is refused with 413.", _positive
+    )
+    min_free_bytes: int = setting(
+        1024**3,
+        "Uploads that would leave less free space than this are refused with 507; /health "
+        "reports degraded below it.",
+        _non_negative,
+    )
+
+
+@dataclass(frozen=True)
+class OllamaSection:
+    """[ollama]: the Ollama server that runs the analysis model."""
+
+    url: str = setting(
+        "http://127.0.0.1:11434", "Ollama's base URL.", _http_url, "COMPANION_OLLAMA_URL"
+    )
+    model: str = setting(
+        "gemma2:2b",
+        "Model to analyse with (it must be pulled; names compare case-insensitively).",
+        _non_empty,
+        "COMPANION_OLLAMA_MODEL",
+    )
+    timeout_seconds: int | float = setting(
+        600, "Longest wait for one complete answer (a CPU-only model is slow).", _positive
+    )
+    keep_alive: str | int | float = setting(
+        "30m",
+        "How long Ollama keeps the model loaded after a request: a number of seconds (-1: "
+        'always, 0: unload at once) or a duration with a unit ("30m", "1h"). A string '
+        'without a unit ("600") is refused: Ollama answers it with 400.',
+        _keep_alive,
+    )
+    num_ctx: int = setting(
+        8192, "Context window in tokens asked of Ollama (gemma2:2b's full context).", _positive
+    )
+    poll_seconds: int | float = setting(
+        15, "How often the monitor checks Ollama's version, models and /api/ps.", _positive
+    )
+
+
+@dataclass(frozen=True)
+class AnalysisSection:
+    """[analysis]: the analysis queue."""
+
+    auto: bool = setting(True, "Analyse every drive automatically once it has gone quiet.")
+    quiet_minutes: int | float = setting(
+        10, "Minutes without new rows before a drive is analysed automatically.", _positive
+    )
+    workers: int = setting(
+        1, "Analyses run at once (1: Ollama is never asked for two at a time).", _positive
+    )
+    max_queue: int = setting(
+        100, "Queued and running analyses at most; past it POST /analyze answers 429.", _positive
+    )
+
+
+@dataclass(frozen=True)
+class ReplicationSection:
+    """[replication]: how /health judges the NAS replication."""
+
+    status_file: str = setting(
+        "",
+        "Status file the nas_replication wrapper writes; empty: replication/status.json "
+        "in server.data_dir.",
+        _absolute_or_empty,
+    )
+    max_age_hours: int | float = setting(
+        26, "/health reports degraded when the last successful run is older.", _positive
+    )
+
+
+@dataclass(frozen=True)
+class OperatorSection:
+    """[operator]: the operator's key (reads and manages every device's data)."""
+
+    api_key: str = setting("", "Operator API key (at least 16 characters); empty: no operator key.")
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSection,
+    "release": ReleaseSection,
+    "sync": SyncSection,
+    "backups": BackupsSection,
+    "ollama": OllamaSection,
+    "analysis": AnalysisSection,
+    "replication": ReplicationSection,
+    "operator": OperatorSection,
 }
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    return tuple(get_args(hint)) if get_args(hint) else (hint,)
+
+
+def settings_of(section: type) -> dict[str, Setting]:
+    """The section's settings as the loader checks them, derived from its dataclass."""
+    hints = get_type_hints(section)
+    return {
+        f.name: Setting(
+            _kinds(hints[f.name]),
+            f.default,
+            f.metadata["check"],
+            f.metadata["env"],
+            f.metadata["desc"],
+        )
+        for f in fields(section)
+    }
+
+
+SCHEMA: dict[str, dict[str, Setting]] = {name: settings_of(cls) for name, cls in SECTIONS.items()}
 
 
 @dataclass(frozen=True)
 class Config:
-    """The validated configuration. Sections are plain dicts of their settings."""
+    """The validated configuration: one frozen, typed section per TOML table."""
 
     source: str
-    server: dict[str, Any]
-    release: dict[str, Any]
-    sync: dict[str, Any]
-    backups: dict[str, Any]
-    ollama: dict[str, Any]
-    analysis: dict[str, Any]
-    replication: dict[str, Any]
-    operator: dict[str, Any]
+    server: ServerSection
+    release: ReleaseSection
+    sync: SyncSection
+    backups: BackupsSection
+    ollama: OllamaSection
+    analysis: AnalysisSection
+    replication: ReplicationSection
+    operator: OperatorSection
     devices: dict[str, str]  # device id -> api key
     retention: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.server["data_dir"])
+        return Path(self.server.data_dir)
 
     @property
     def db_path(self) -> Path:
@@ -175,7 +345,7 @@ class Config:
 
     @property
     def replication_status_file(self) -> Path:
-        configured = self.replication["status_file"]
+        configured = self.replication.status_file
         return Path(configured) if configured else self.data_dir / "replication" / "status.json"
 
 
@@ -261,8 +431,10 @@ def _retention(raw: Any, problems: list[tuple[str, str]]) -> dict[str, dict[str,
         # an operator can write exactly the policy they mean (an empty table keeps everything).
         chosen: dict[str, int] = {}
         for rule, count in rules.items():
-            if rule not in RULES:
-                problems.append((f"{where}.{rule}", f"unknown rule (known: {', '.join(RULES)})"))
+            if rule not in RETENTION_RULES:
+                problems.append(
+                    (f"{where}.{rule}", f"unknown rule (known: {', '.join(RETENTION_RULES)})")
+                )
             elif not _matches(count, int) or count < 0:
                 problems.append((f"{where}.{rule}", f"must be an integer >= 0, got {count!r}"))
             else:
@@ -333,7 +505,8 @@ def parse(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = 
         problems.append(("devices", "two devices (or a device and the operator) share an api_key"))
     if problems:
         raise ConfigError(source, problems)
-    return Config(source=source, devices=devices, retention=retention, **sections)
+    typed = {name: SECTIONS[name](**values) for name, values in sections.items()}
+    return Config(source=source, devices=devices, retention=retention, **typed)
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

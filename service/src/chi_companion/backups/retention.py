@@ -24,16 +24,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+from ..core.config import RETENTION_RULES
+
 K = TypeVar("K")
 
-RULES: tuple[str, ...] = (
-    "keep_last",
-    "keep_hourly",
-    "keep_daily",
-    "keep_weekly",
-    "keep_monthly",
-    "keep_yearly",
-)
+RULES = RETENTION_RULES
 UNLIMITED = -1  # restic's "keep all of this kind" (e.g. --keep-daily unlimited)
 EMPTY_POLICY_REASON = "policy is empty"
 

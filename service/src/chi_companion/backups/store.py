@@ -19,13 +19,11 @@ from the name, which is why the server's UTC timestamp is part of every stored n
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
-import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,15 +31,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..core.clock import iso_z, parse_iso_z, utc_now
+from ..core.config import BACKUP_TYPES
+from ..core.db import Database, transaction
+from ..core.errors import DiskFull, Malformed, TooLarge, Unavailable
+from ..core.files import fsync_dir, is_disk_full, sha256_file
+from ..core.ids import DEVICE_ID_RULE, is_device_id
 from . import retention
-from .clock import iso_z, parse_iso_z, utc_now
-from .config import BACKUP_TYPES
-from .db import Database, transaction
-from .ids import DEVICE_ID_RULE, is_device_id
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .context import Companion
+    from ..core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -81,22 +80,6 @@ STORED_NAME_RE = re.compile(
     r"(?P<stem>[A-Za-z0-9._-]+?)-(?P<stamp>\d{8}T\d{6}Z)(?:-(?P<n>\d+))?"
     r"(?P<ext>(?:\.[A-Za-z0-9]{1,10}){0,2})"
 )
-# Errors that mean "the disk (or the quota) is full": the client should retry later.
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-class UploadError(Exception):
-    """A refused upload; the HTTP layer turns it into ``{"error": ..., "detail": ...}``."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{status} {error}: {detail}")
-        self.status = status
-        self.error = error
-        self.detail = detail
-
-
-def disk_full() -> UploadError:
-    return UploadError(507, "insufficient storage", "the server's disk is full; retry later")
 
 
 @dataclass(frozen=True)
@@ -137,12 +120,12 @@ COLUMNS = "id, device_id, type, name, size, sha256, received_at"
 
 def check_device_id(device_id: str) -> None:
     if not is_device_id(device_id):
-        raise UploadError(400, "bad device id", f"a device id is {DEVICE_ID_RULE}")
+        raise Malformed("bad device id", f"a device id is {DEVICE_ID_RULE}")
 
 
 def check_type(backup_type: str) -> None:
     if backup_type not in BACKUP_TYPES:
-        raise UploadError(400, "unknown type", f"type must be one of {', '.join(BACKUP_TYPES)}")
+        raise Malformed("unknown type", f"type must be one of {', '.join(BACKUP_TYPES)}")
 
 
 def check_sha256(value: str | None) -> str | None:
@@ -151,7 +134,7 @@ def check_sha256(value: str | None) -> str | None:
     # Exactly 64 hex digits: an empty or padded value is a client bug (it meant to send a
     # digest), and accepting it would silently skip the check the client asked for.
     if not SHA256_RE.fullmatch(value):
-        raise UploadError(400, "bad sha256", "sha256 must be 64 hexadecimal digits")
+        raise Malformed("bad sha256", "sha256 must be 64 hexadecimal digits")
     return value.lower()
 
 
@@ -163,15 +146,15 @@ def split_client_name(raw: str) -> tuple[str, str]:
     client deserves to hear about either. Everything else is made safe character by character.
     """
     if not raw:
-        raise UploadError(400, "bad name", "the file name is empty")
+        raise Malformed("bad name", "the file name is empty")
     if len(raw) > MAX_CLIENT_NAME:
-        raise UploadError(400, "bad name", f"the file name is over {MAX_CLIENT_NAME} characters")
+        raise Malformed("bad name", f"the file name is over {MAX_CLIENT_NAME} characters")
     if "/" in raw or "\\" in raw:
-        raise UploadError(400, "bad name", "the file name must not contain path separators")
+        raise Malformed("bad name", "the file name must not contain path separators")
     if any(ord(c) < 32 or ord(c) == 127 for c in raw):
-        raise UploadError(400, "bad name", "the file name must not contain control characters")
+        raise Malformed("bad name", "the file name must not contain control characters")
     if raw in (".", ".."):
-        raise UploadError(400, "bad name", "the file name must not be . or ..")
+        raise Malformed("bad name", "the file name must not be . or ..")
     # Leading dots would make a hidden file, and hidden names are how temp files look.
     base = raw.lstrip(".")
     stem, dot, ext = base.rpartition(".")
@@ -209,32 +192,6 @@ def is_temp_name(name: str) -> bool:
 # ---------------------------------------------------------------------------- file helpers
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
-
-
-def sha256_of(path: Path) -> tuple[int, str]:
-    """(size, sha256) of a file, read in chunks; the file is opened without following links."""
-    digest = hashlib.sha256()
-    size = 0
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-            size += n
-    return size, digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------- upload
 
 
@@ -262,8 +219,8 @@ class Upload:
             raise RuntimeError("upload already finished")
         size = len(data)
         if self.size + size > self.max_bytes:
-            raise UploadError(
-                413, "payload too large", f"the file exceeds the limit of {self.max_bytes} bytes"
+            raise TooLarge(
+                "payload too large", f"the file exceeds the limit of {self.max_bytes} bytes"
             )
         self._digest.update(data)
         view = memoryview(data)
@@ -273,7 +230,7 @@ class Upload:
                 view = view[written:]
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full() from None
+                raise DiskFull() from None
             raise
         self.size += size
 
@@ -288,8 +245,7 @@ class Upload:
             raise RuntimeError("upload already finished")
         digest = self.sha256
         if expected_sha256 is not None and expected_sha256 != digest:
-            raise UploadError(
-                400,
+            raise Malformed(
                 "digest mismatch",
                 f"the body's sha256 is {digest}, the client said {expected_sha256}",
             )
@@ -298,7 +254,7 @@ class Upload:
             os.fsync(self._fd)
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full() from None
+                raise DiskFull() from None
             raise
         os.close(self._fd)
         self._fd = None
@@ -388,8 +344,8 @@ class BackupStore:
         return cls(
             config.data_dir,
             db,
-            config.backups["max_upload_bytes"],
-            config.backups["min_free_bytes"],
+            config.backups.max_upload_bytes,
+            config.backups.min_free_bytes,
             config.retention,
         )
 
@@ -426,9 +382,7 @@ class BackupStore:
         """507 before writing when storing ``incoming`` bytes would leave under the minimum."""
         free = self.free_bytes()
         if free - incoming < self.min_free_bytes:
-            raise UploadError(
-                507,
-                "insufficient storage",
+            raise DiskFull(
                 f"storing {incoming} bytes would leave less than the configured minimum free "
                 f"space ({self.min_free_bytes} bytes); {free} bytes are free",
             )
@@ -439,7 +393,7 @@ class BackupStore:
             return Upload(self, directory, limit)
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full() from None
+                raise DiskFull() from None
             raise
 
     def link_unique(
@@ -461,7 +415,7 @@ class BackupStore:
             except FileExistsError:
                 continue
             return final, name
-        raise UploadError(503, "service unavailable", "could not find a free name; retry")
+        raise Unavailable("could not find a free name; retry")
 
     # -- catalog
 
@@ -615,7 +569,7 @@ class BackupStore:
             if received is None:
                 report.ignored.append(path)
                 continue
-            size, digest = sha256_of(path)
+            size, digest = sha256_file(path)
             report.files_adopted.append(
                 self.insert(*key, size=size, sha256=digest, received=iso_z(received))
             )
@@ -657,7 +611,7 @@ class BackupStore:
                 report.missing.append(backup)
                 continue
             try:
-                size, digest = sha256_of(path)
+                size, digest = sha256_file(path)
             except OSError as exc:
                 report.corrupt.append((backup, f"unreadable: {exc.strerror or exc}"))
                 continue
@@ -669,51 +623,3 @@ class BackupStore:
                 report.corrupt.append((backup, f"sha256 {digest}, catalog says {backup.sha256}"))
         report.untracked.extend(sorted(on_disk.values()))
         return report
-
-
-def store_for(ctx: Companion) -> BackupStore:
-    """The one store of a running companion (install, routes and health share its lock)."""
-    attrs = vars(ctx)
-    store = attrs.get("_backup_store")
-    if store is None:
-        store = BackupStore.from_config(ctx.config, ctx.db)
-        attrs["_backup_store"] = store
-    return store
-
-
-def backups_health(ctx: Companion) -> dict[str, Any]:
-    """Newest backup per configured device, and free space against backups.min_free_bytes."""
-    store = store_for(ctx)
-    report: dict[str, Any] = {}
-    try:
-        free = store.free_bytes()
-    except OSError:
-        return {"status": "unhealthy", "detail": "backup directory unavailable"}
-    report["freeBytes"] = free
-    report["minFreeBytes"] = store.min_free_bytes
-    try:
-        newest = store.newest_per_device()
-    except sqlite3.Error:
-        newest = {}
-        report["detail"] = "catalog unavailable"
-    devices: dict[str, dict[str, Any]] = {}
-    for dev in sorted(ctx.config.devices):
-        backup, count = newest.get(dev, (None, 0))
-        devices[dev] = {
-            "newestAt": backup.received_at if backup else None,
-            "newestType": backup.type if backup else None,
-            "count": count,
-        }
-    report["devices"] = devices
-    if free < store.min_free_bytes:
-        report["status"] = "degraded"
-        report["detail"] = "free space is under backups.min_free_bytes; uploads are refused"
-    elif "detail" in report:
-        report["status"] = "degraded"
-    else:
-        report["status"] = "ok"
-    return report
-
-
-def reconcile_on_startup(ctx: Companion) -> None:
-    store_for(ctx).reconcile()

@@ -1,8 +1,8 @@
 """The analysis feature: ``POST /api/v1/analyze``, ``GET /api/v1/analyses[/{id}]``
-and the ``ollama`` component of /health.
+(the ``ollama`` component of /health is in analysis.service).
 
 Requests never wait for the model: they record a job and answer 202 at once
-(see analysis_queue for the why). A device key sees only its own device's
+(see analysis.worker for the why). A device key sees only its own device's
 analyses; the operator key sees all.
 """
 
@@ -13,36 +13,22 @@ import json
 import logging
 import math
 import re
-import sqlite3
-import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .analysis_queue import (
-    PENDING,
-    SCHEMA,
-    STATUSES,
-    TERMINAL,
-    WAITING_MODEL,
-    WAITING_OLLAMA,
-    Analysis,
-    AnalysisQueue,
-    AnalysisStore,
-    OllamaMonitor,
-)
-from .db import transaction
-from .drive_digest import InlinePoint, build_inline_digest, drive_exists
-from .http_json import ApiError, NonFiniteCounter, is_finite_number, json_response, read_json
-from .ids import DEVICE_ID_RULE, as_int64, is_device_id
-from .ollama_client import OllamaClient
-from .params import query_choice, query_device_id, query_int, query_number
+from ..core.context import Core
+from ..core.db import transaction
+from ..core.errors import Invalid, NotFound, UnknownDevice
+from ..core.http_json import ApiError, NonFiniteCounter, is_finite_number, json_response, read_json
+from ..core.ids import DEVICE_ID_RULE, as_int64, is_device_id
+from ..core.params import query_choice, query_device_id, query_int, query_number
+from ..sync.queries import drive_exists
+from .digest import InlinePoint, build_inline_digest
+from .jobs import PENDING, STATUSES, TERMINAL, Analysis
+from .service import AnalysisService
 
 if TYPE_CHECKING:
     from bottle import Bottle
-
-    from .context import Companion
 
 log = logging.getLogger(__name__)
 API = "/api/v1"
@@ -60,98 +46,11 @@ DEFAULT_RETRY_AFTER = 60
 NAME_RE = re.compile(r"[^ \t\n\r\f\v]")
 
 
-@dataclass
-class AnalysisService:
-    store: AnalysisStore
-    queue: AnalysisQueue
-    monitor: OllamaMonitor
-    client: OllamaClient
-    # Long-poll waiters hold a server thread each; past this many, ?wait answers at once.
-    max_waiters: int
-    waiters: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def service(ctx: Companion) -> AnalysisService:
-    # Stored on the context instance: the core's Companion has no field for each feature.
-    return vars(ctx)["analysis_service"]  # type: ignore[no-any-return]
-
-
-def _cleanup_temp_results(data_dir: Path) -> None:
-    """Drop half-written result files left by a crash (their jobs run again)."""
-    for tmp in (data_dir / "ai_results").glob("*/.*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def install(ctx: Companion) -> None:
-    cfg = ctx.config
-    client = OllamaClient(
-        cfg.ollama["url"],
-        cfg.ollama["timeout_seconds"],
-        cfg.ollama["keep_alive"],
-        cfg.ollama["num_ctx"],
-    )
-    monitor = OllamaMonitor(client, cfg.ollama["model"], float(cfg.ollama["poll_seconds"]))
-    queue = AnalysisQueue(ctx, client, monitor)
-    svc = AnalysisService(
-        store=queue.store,
-        queue=queue,
-        monitor=monitor,
-        client=client,
-        max_waiters=max(1, cfg.server["threads"] // 2),
-    )
-    vars(ctx)["analysis_service"] = svc
-    ctx.schemas.extend(SCHEMA)
-    ctx.background.extend([monitor, queue])
-    ctx.startup_tasks.append(lambda: _cleanup_temp_results(cfg.data_dir))
-    ctx.health_checks["ollama"] = lambda: ollama_health(ctx)
-
-
-def ollama_health(ctx: Companion) -> dict[str, Any]:
-    """From the monitor's last probe and the queue table; never a network call."""
-    svc = service(ctx)
-    snap = svc.monitor.snapshot()
-    report: dict[str, Any] = {
-        "reachable": snap.reachable,
-        "version": snap.version,
-        "model": svc.queue.model,
-        "modelPresent": snap.model_present,
-        "checkedAt": snap.checked_at,
-    }
-    try:
-        counts = svc.store.counts()
-        report["queueDepth"] = sum(counts.values())
-        report["queue"] = counts
-        report["lastAnalysisAt"] = svc.store.last_finished_at()
-    except sqlite3.Error:
-        report["queueDepth"] = None
-        report["lastAnalysisAt"] = None
-        counts = {}
-    if snap.checked_at is None and snap.reachable is None:
-        report.update(status="degraded", detail="Ollama not checked yet")
-    elif not snap.reachable:
-        report.update(status="degraded", detail="Ollama is unreachable; analyses wait")
-    elif snap.model_present is None:
-        report.update(
-            status="degraded", detail="Ollama answers but its model list could not be read"
-        )
-    elif not snap.model_present:
-        report.update(
-            status="degraded",
-            detail=f"model {svc.queue.model} is not pulled; analyses wait for it",
-        )
-    elif counts.get(WAITING_OLLAMA) or counts.get(WAITING_MODEL):
-        report.update(status="degraded", detail="some analyses are waiting for Ollama")
-    else:
-        report["status"] = "ok"
-    return report
-
-
 # --------------------------------------------------------------------------- validation
 
 
-def _bad(detail: str) -> ApiError:
-    return ApiError(422, "invalid analysis request", detail)
+def _bad(detail: str) -> Invalid:
+    return Invalid("invalid analysis request", detail)
 
 
 def _focus(body: dict[str, Any]) -> list[str]:
@@ -254,8 +153,7 @@ def _accepted(job: Analysis, depth: int) -> Any:
     return json_response(202, body, headers={"Location": location})
 
 
-def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
-    svc = service(ctx)
+def submit(ctx: Core, svc: AnalysisService, principal_device: str | None, body: Any) -> Any:
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
     # Required, as in /sync and /backup: the body says which device's data it is about, and
@@ -264,7 +162,7 @@ def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
     if not is_device_id(device_id):
         raise _bad(f"deviceId is required: a string of {DEVICE_ID_RULE}")
     if device_id not in ctx.config.devices:
-        raise ApiError(404, "unknown device", f"no device {device_id[:64]!r} is configured")
+        raise UnknownDevice(device_id)
     if principal_device is not None and principal_device != device_id:
         raise ApiError(
             403,
@@ -291,51 +189,45 @@ def submit(ctx: Companion, principal_device: str | None, body: Any) -> Any:
         source = "inline"
         source_key = "inline:" + hashlib.sha256(canonical.encode()).hexdigest()
     conn = svc.store.conn()
-    try:
-        if drive_id is not None and not drive_exists(conn, device_id, drive_id):
+    # A database error reaches core.http_errors: 503, or 507 when the disk is full.
+    if drive_id is not None and not drive_exists(conn, device_id, drive_id):
+        raise NotFound(
+            f"device {device_id!r} has synced no realtime_data rows for drive {drive_id}",
+            "unknown drive",
+        )
+    if has_rows:
+        # Built now, while the rows are in hand: inline rows are never stored,
+        # only their bounded digest is.
+        digest = build_inline_digest(device_id, points)
+    with transaction(conn):
+        existing = svc.store.latest_for(conn, device_id, source_key)
+        # Forcing while an earlier job has not started yet would only queue the
+        # same work twice: that job will read the newest rows anyway.
+        if existing is not None and (not force or existing.status in PENDING):
+            return json_response(
+                200,
+                {**existing.as_json(ctx.config.data_dir), "existing": True},
+                headers={"Location": f"{API}/analyses/{existing.id}"},
+            )
+        depth = svc.store.depth(conn)
+        if depth >= svc.queue.max_queue:
             raise ApiError(
-                404,
-                "unknown drive",
-                f"device {device_id!r} has synced no realtime_data rows for drive {drive_id}",
+                429,
+                "queue full",
+                f"{depth} analyses are queued or running (analysis.max_queue); retry later",
+                headers={"Retry-After": _retry_after(svc)},
             )
-        if has_rows:
-            # Built now, while the rows are in hand: inline rows are never stored,
-            # only their bounded digest is.
-            digest = build_inline_digest(device_id, points)
-        with transaction(conn):
-            existing = svc.store.latest_for(conn, device_id, source_key)
-            # Forcing while an earlier job has not started yet would only queue the
-            # same work twice: that job will read the newest rows anyway.
-            if existing is not None and (not force or existing.status in PENDING):
-                return json_response(
-                    200,
-                    {**existing.as_json(ctx.config.data_dir), "existing": True},
-                    headers={"Location": f"{API}/analyses/{existing.id}"},
-                )
-            depth = svc.store.depth(conn)
-            if depth >= svc.queue.max_queue:
-                raise ApiError(
-                    429,
-                    "queue full",
-                    f"{depth} analyses are queued or running (analysis.max_queue); retry later",
-                    headers={"Retry-After": _retry_after(svc)},
-                )
-            job = svc.store.insert(
-                conn,
-                device_id=device_id,
-                drive_id=drive_id,
-                source=source,
-                source_key=source_key,
-                trigger="api",
-                focus=focus,
-                model=svc.queue.model,
-                digest=digest,
-            )
-    except sqlite3.Error as exc:
-        log.error("analysis request failed on the database: %s", exc)
-        raise ApiError(
-            503, "service unavailable", "database busy; retry later", headers={"Retry-After": "5"}
-        ) from None
+        job = svc.store.insert(
+            conn,
+            device_id=device_id,
+            drive_id=drive_id,
+            source=source,
+            source_key=source_key,
+            trigger="api",
+            focus=focus,
+            model=svc.queue.model,
+            digest=digest,
+        )
     log.info(
         "analysis %d queued for %s %s (%s)",
         job.id,
@@ -376,26 +268,25 @@ def wait_for(svc: AnalysisService, analysis_id: int, seconds: float) -> Analysis
             svc.waiters -= 1
 
 
-def routes(app: Bottle, ctx: Companion) -> None:
+def routes(app: Bottle, ctx: Core, svc: AnalysisService) -> None:
     data_dir = ctx.config.data_dir
-    body_limit = ctx.config.server["max_body_bytes"]
+    body_limit = ctx.config.server.max_body_bytes
 
     @app.post(f"{API}/analyze")
     def analyze() -> Any:
         principal = ctx.keys.authenticate()
         body = read_json(body_limit, NonFiniteCounter())
-        return submit(ctx, principal.device_id, body)
+        return submit(ctx, svc, principal.device_id, body)
 
     @app.get(f"{API}/analyses/<analysis_id:id>")
     def get_analysis(analysis_id: int) -> Any:
         principal = ctx.keys.authenticate()
         seconds = _wait_seconds()
-        svc = service(ctx)
         job = svc.store.get(analysis_id)
         # Another device's analysis answers 404 like a missing one: ids are
         # sequential and must not reveal what other devices have.
         if job is None or not principal.may_access(job.device_id):
-            raise ApiError(404, "not found", f"no analysis {analysis_id}")
+            raise NotFound(f"no analysis {analysis_id}")
         job = wait_for(svc, analysis_id, seconds) or job
         return json_response(200, job.as_json(data_dir))
 
@@ -405,12 +296,12 @@ def routes(app: Bottle, ctx: Companion) -> None:
         device_id = query_device_id() or principal.device_id
         if device_id is not None:
             if device_id not in ctx.config.devices:
-                raise ApiError(404, "unknown device", f"no device {device_id!r} is configured")
+                raise UnknownDevice(device_id)
             principal.require_device(device_id)
         drive_id = query_int("driveId")
         status = query_choice("status", STATUSES)
         limit = query_int("limit", 1, MAX_LIST) or DEFAULT_LIST
-        jobs = service(ctx).store.list(device_id, drive_id, status, limit)
+        jobs = svc.store.list(device_id, drive_id, status, limit)
         return json_response(
             200, {"analyses": [j.as_json(data_dir, full=False) for j in jobs], "limit": limit}
         )

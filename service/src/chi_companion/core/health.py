@@ -11,23 +11,22 @@ import logging
 import os
 import sqlite3
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from . import __version__
+from .. import __version__
+from .config import Config
 from .db import connect
-from .sync_store import SyncStore
-
-if TYPE_CHECKING:
-    from .context import Companion
 
 log = logging.getLogger(__name__)
 RANK = {"ok": 0, "not_configured": 0, "degraded": 1, "unhealthy": 2}
 OVERALL = {0: "healthy", 1: "degraded", 2: "unhealthy"}
+HealthCheck = Callable[[], dict[str, Any]]
 
 
-def database_health(ctx: Companion) -> dict[str, Any]:
+def database_health(config: Config) -> dict[str, Any]:
     try:
-        conn = connect(ctx.config.db_path, busy_timeout_ms=2000)
+        conn = connect(config.db_path, busy_timeout_ms=2000)
         try:
             # Taking and releasing the write lock proves the file is writable
             # without writing a page on every health poll.
@@ -42,14 +41,14 @@ def database_health(ctx: Companion) -> dict[str, Any]:
     return {"status": "ok", "writable": True}
 
 
-def disk_health(ctx: Companion) -> dict[str, Any]:
+def disk_health(config: Config) -> dict[str, Any]:
     try:
-        st = os.statvfs(ctx.config.data_dir)
+        st = os.statvfs(config.data_dir)
     except OSError:
         return {"status": "unhealthy", "detail": "data directory unavailable"}
     free = st.f_bavail * st.f_frsize
     total = st.f_blocks * st.f_frsize
-    minimum = ctx.config.backups["min_free_bytes"]
+    minimum = config.backups.min_free_bytes
     report: dict[str, Any] = {"freeBytes": free, "totalBytes": total, "minFreeBytes": minimum}
     if free < minimum:
         report.update(status="degraded", detail="free space is under backups.min_free_bytes")
@@ -58,12 +57,18 @@ def disk_health(ctx: Companion) -> dict[str, Any]:
     return report
 
 
-def health_report(ctx: Companion) -> dict[str, Any]:
+def health_report(
+    config: Config,
+    checks: Mapping[str, HealthCheck],
+    last_sync_per_device: Callable[[], dict[str, str | None]],
+    started_monotonic: float,
+) -> dict[str, Any]:
+    """The database and disk components, then each feature's ``checks`` in order."""
     components: dict[str, dict[str, Any]] = {
-        "database": database_health(ctx),
-        "disk": disk_health(ctx),
+        "database": database_health(config),
+        "disk": disk_health(config),
     }
-    for name, check in ctx.health_checks.items():
+    for name, check in checks.items():
         try:
             components[name] = check()
         except Exception:
@@ -71,13 +76,13 @@ def health_report(ctx: Companion) -> dict[str, Any]:
             components[name] = {"status": "degraded", "detail": "health check failed"}
     worst = max((RANK.get(c.get("status", "degraded"), 1) for c in components.values()), default=0)
     try:
-        devices = SyncStore.last_sync_per_device(ctx.db.conn())
+        devices = last_sync_per_device()
     except sqlite3.Error:
         devices = {}
     return {
         "status": OVERALL[worst],
         "version": __version__,
-        "uptimeSeconds": round(time.monotonic() - ctx.started_monotonic, 1),
+        "uptimeSeconds": round(time.monotonic() - started_monotonic, 1),
         "components": components,
-        "devices": {dev: {"lastSyncAt": devices.get(dev)} for dev in sorted(ctx.config.devices)},
+        "devices": {dev: {"lastSyncAt": devices.get(dev)} for dev in sorted(config.devices)},
     }
