@@ -189,9 +189,10 @@ main() {
         log "unpacked lower dir $rootfs"
     fi
 
-    # Drop this distro's lower dirs of older recipes that no running host still uses.
+    # Drop this distro's lower dirs of older recipes (and those of the single-distro rig,
+    # named rootfs-<stamp>) that no running host still uses.
     local old
-    for old in "$CACHE_DIR"/rootfs-"$SUITE"-*; do
+    for old in "$CACHE_DIR"/rootfs-"$SUITE"-* "$CACHE_DIR"/rootfs-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]*; do
         [[ -d $old && $old != "$rootfs" ]] || continue
         if ! grep -q "lowerdir=$old" /proc/mounts; then
             rm -rf "$old"
