@@ -72,13 +72,20 @@ for distro in $(printf '%s\n' "${RUNS[@]#*@}" | sort -u); do
     summary+=("$(printf '%-26s %-6s %5ss' "image@$distro" ok $((SECONDS - started)))")
 done
 
+# Molecule names a scenario's ephemeral directory (instance config, SSH key, the companion's
+# service/ snapshot) after the basename of the directory it runs in: roles/companion of two
+# checkouts would share ~/.ansible/tmp/molecule.<hash of "companion">.default and wreck each
+# other's runs. Give each checkout and run its own.
+EPHEMERAL_ROOT="${HOME:-/root}/.ansible/tmp/chi-molecule-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
+
 failed=0
 for run in "${RUNS[@]}"; do
     name="${run%@*}" distro="${run#*@}"
     echo
     echo "=== run-scenarios: $run (molecule test in ${DIRS[$name]#"$REPO"/}, Debian $distro) ==="
     started=$SECONDS
-    (cd "${DIRS[$name]}" && MOLECULE_DISTRO="$distro" molecule test)
+    (cd "${DIRS[$name]}" && MOLECULE_DISTRO="$distro" \
+        MOLECULE_EPHEMERAL_DIRECTORY="$EPHEMERAL_ROOT/$name-$distro" molecule test)
     rc=$?
     took=$((SECONDS - started))
     if [[ $rc -eq 0 ]]; then
