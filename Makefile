@@ -3,15 +3,19 @@ SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEV_DIR ?= .dev
+# `make run` needs only the service and its runtime pins: its own small venv.
+RUN_VENV ?= .venv-run
+RUN_BIN := $(RUN_VENV)/bin
 PYTHON ?= python3
 
-.PHONY: help venv run test lint pytest soak molecule bench fuzz-long clean
+.PHONY: help venv run test lint pytest deps-min soak molecule bench fuzz-long clean
 
 help:
-	@echo "make run       set up .venv and start the companion on 127.0.0.1:8000 (data in $(DEV_DIR)/)"
+	@echo "make run       set up $(RUN_VENV) (service + runtime deps only) and start the companion on 127.0.0.1:8000 (data in $(DEV_DIR)/)"
 	@echo "make test      everything CI runs: lint, pytest, Molecule scenarios"
-	@echo "make lint      ruff, yamllint, ansible-lint (production profile)"
+	@echo "make lint      ruff, import-linter contracts, yamllint, ansible-lint (production profile)"
 	@echo "make pytest    service tests only"
+	@echo "make deps-min  install the lowest allowed dependency versions and start the server"
 	@echo "make molecule  role and site scenarios on disposable systemd-nspawn hosts (root)"
 	@echo "make soak      60 s mixed-load soak (SOAK_SECONDS=600 for the full run)"
 	@echo "make bench     benchmarks under bench/"
@@ -25,25 +29,47 @@ $(VENV)/.installed: requirements-dev.txt service/pyproject.toml service/constrai
 	$(BIN)/pip install -q -r requirements-dev.txt -c service/constraints.txt -e service
 	touch $@
 
-run: venv
-	@$(BIN)/chi-companion init-config --out $(DEV_DIR)/companion.toml --data-dir $(DEV_DIR)/data >/dev/null
+# Editable, so a code change is live at the next `make run`; runtime pins only.
+$(RUN_VENV)/.installed: service/pyproject.toml service/constraints.txt
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_BIN)/pip install -q --upgrade pip
+	$(RUN_BIN)/pip install -q -c service/constraints.txt -e service
+	touch $@
+
+run: $(RUN_VENV)/.installed
+	@$(RUN_BIN)/chi-companion init-config --out $(DEV_DIR)/companion.toml --data-dir $(DEV_DIR)/data >/dev/null
 	@echo "config: $(DEV_DIR)/companion.toml   data: $(DEV_DIR)/data"
 	@echo "dev API key (device chi-eclipse-01): $$(sed -n 's/^api_key = "\(.*\)"/\1/p' $(DEV_DIR)/companion.toml | head -1)"
-	$(BIN)/chi-companion serve --config $(DEV_DIR)/companion.toml
+	$(RUN_BIN)/chi-companion serve --config $(DEV_DIR)/companion.toml
 
 test: lint pytest soak molecule
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production
 
+# Tests run in parallel (pytest-xdist): most of their time is spent waiting on server
+# processes, so more workers than the 2 CI cores still pays. PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= 4
 pytest: venv
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxschedchunk=2
 
 molecule: venv
 	PATH="$(abspath $(BIN)):$$PATH" tests/molecule_rig/run-scenarios.sh
+
+# The lowest dependency versions pyproject.toml allows (service/constraints-min.txt), in a
+# venv of their own: every module imports and the server starts, answers and stops.
+MIN_VENV ?= .venv-min
+deps-min:
+	rm -rf $(MIN_VENV)
+	$(PYTHON) -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/pip install -q --upgrade pip
+	$(MIN_VENV)/bin/pip install -q -c service/constraints-min.txt ./service
+	$(MIN_VENV)/bin/pip freeze | grep -iE '^(bottle|gunicorn|jsonschema|multipart|requests)=='
+	cd /tmp && $(abspath $(MIN_VENV))/bin/python $(abspath tests/startup_smoke.py)
 
 # The 60-second soak CI runs; `make soak SOAK_SECONDS=600` for the full ten minutes.
 SOAK_SECONDS ?= 60
@@ -60,4 +86,4 @@ fuzz-long: venv
 	FUZZ_EXAMPLES=500 $(BIN)/pytest tests/test_fuzz_api.py
 
 clean:
-	rm -rf $(VENV) $(DEV_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(RUN_VENV) $(MIN_VENV) $(DEV_DIR) .pytest_cache .ruff_cache

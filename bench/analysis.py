@@ -28,9 +28,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chi_companion.db import connect
-from chi_companion.drive_digest import DIGEST_MAX_CHARS, build_drive_digest, digest_text
-from chi_companion.sync_store import SCHEMA
+from chi_companion.analysis.digest import DIGEST_MAX_CHARS, build_drive_digest, digest_text
+from chi_companion.core.db import connect
+from chi_companion.sync.store import SCHEMA
 
 from tests.companion_process import Companion
 from tests.ollama_emulator import OllamaEmulator

@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import requests
 
 DEVICE = "chi-eclipse-01"
 OTHER_DEVICE = "chi-eclipse-02"
@@ -99,13 +99,11 @@ class Companion:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"companion exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=1) as resp:
-                    if resp.status in (200, 503):
-                        return self
-            except urllib.error.HTTPError:
-                return self
-            except OSError:
+                requests.get(f"{self.url}/api/v1/health", timeout=1)
+            except requests.RequestException:
                 time.sleep(0.05)
+            else:
+                return self  # any HTTP answer: the server is up
         raise RuntimeError(f"companion did not answer within {wait}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -153,12 +151,16 @@ class Companion:
             data = json.dumps(body).encode()
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
-        req = urllib.request.Request(self.url + path, data=data, method=method, headers=all_headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, resp_headers, payload = resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as err:
-            status, resp_headers, payload = err.code, dict(err.headers), err.read()
+        with requests.Session() as session:
+            prepared = session.prepare_request(
+                requests.Request(method, self.url + path, data=data, headers=all_headers)
+            )
+            # Sent as written: requests would remove "." and ".." segments, which tests of
+            # path traversal send on purpose.
+            prepared.url = self.url + path
+            # No redirects followed: the Pi treats them as failures, so a test must see them.
+            resp = session.send(prepared, timeout=timeout, allow_redirects=False)
+        status, resp_headers, payload = resp.status_code, dict(resp.headers), resp.content
         if resp_headers.get("Content-Type", "").startswith("application/json"):
             return status, resp_headers, json.loads(payload)
         return status, resp_headers, payload

@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from chi_companion.analysis_result import RESULT_SCHEMA, validate_result
-from chi_companion.drive_digest import DIGEST_MAX_CHARS, digest_text
+import requests
+from chi_companion.analysis.digest import DIGEST_MAX_CHARS, digest_text
+from chi_companion.analysis.result import RESULT_SCHEMA, validate_result
 
 from tests.companion_process import Companion
 from tests.ollama_emulator import OllamaEmulator
@@ -33,10 +33,20 @@ def emu() -> Iterator[OllamaEmulator]:
 
 
 def start(make_companion: MakeCompanion, emu: OllamaEmulator, **analysis: Any) -> Companion:
-    return make_companion(
+    comp = make_companion(
         ollama={"url": emu.url, "poll_seconds": POLL},
         analysis={"auto": False, **analysis},
     )
+    # The monitor's first probe counts as "Ollama is back" and releases waiting jobs: let it
+    # happen before a test makes a job wait, so the test sees the wait it causes.
+    deadline = time.monotonic() + 10
+    while (
+        comp.request("GET", "/api/v1/health", key=False)[2]["components"]["ollama"]["checkedAt"]
+        is None
+    ):
+        assert time.monotonic() < deadline, "the Ollama monitor never probed"
+        time.sleep(0.05)
+    return comp
 
 
 def sync_drive(comp: Companion, drive_id: int, count: int, first_id: int = 1) -> None:
@@ -152,7 +162,10 @@ def test_synced_drive_is_analysed_end_to_end(
     assert entry["p50"] == rpm[int(0.5 * (len(rpm) - 1))]
 
     (chat,) = chats(emu)
-    assert chat["stream"] is False
+    # Streamed, as Ollama answers by default; "think": false so a thinking model does not
+    # spend num_predict before the answer; keep_alive a duration with its unit.
+    assert chat["stream"] is True
+    assert chat["think"] is False
     assert chat["format"] == RESULT_SCHEMA
     assert chat["keep_alive"] == "30m"
     assert chat["options"]["temperature"] <= 0.2
@@ -294,13 +307,10 @@ def test_missing_model_waits_and_completes_once_pulled(
         assert ollama["queue"]["waiting_for_model"] == 1
         assert "gemma2:2b" in ollama["detail"]
 
-        pull = urllib.request.Request(
-            emulator.url + "/api/pull",
-            data=json.dumps({"model": "gemma2:2b", "stream": False}).encode(),
-            method="POST",
+        pull = requests.post(
+            emulator.url + "/api/pull", json={"model": "gemma2:2b", "stream": False}, timeout=10
         )
-        with urllib.request.urlopen(pull, timeout=10) as resp:
-            assert json.loads(resp.read()) == {"status": "success"}
+        assert pull.json() == {"status": "success"}
         job = get(comp, accepted["id"], wait=20)
         assert job["status"] == "done", job
         _, _, ollama = health_ollama(comp)
@@ -330,6 +340,71 @@ def test_invalid_output_twice_fails_with_the_raw_text_kept(
     job = get(comp, job["id"], wait=20)
     assert job["status"] == "done", job
     assert "rawOutput" not in job
+
+
+def test_answer_cut_at_the_token_limit_fails_with_that_cause(
+    make_companion: MakeCompanion, emu: OllamaEmulator
+) -> None:
+    comp = start(make_companion, emu)
+    sync_drive(comp, drive_id=1, count=200)
+    emu.set_fault("length", times=1)
+    accepted = analyze(comp, driveId=1)
+    job = wait_status(comp, accepted["id"], {"done", "failed"})
+    assert job["status"] == "failed"
+    assert 'done_reason "length"' in job["error"] and "token limit" in job["error"]
+    assert "invalid" not in job["error"]
+    assert job["rawOutput"]  # the cut answer is kept for the operator
+    assert len(chats(emu)) == 1  # not retried: the same prompt is cut the same way
+
+
+def test_prompt_over_the_context_length_fails_with_ollamas_words(
+    make_companion: MakeCompanion, emu: OllamaEmulator
+) -> None:
+    comp = start(make_companion, emu)
+    sync_drive(comp, drive_id=1, count=200)
+    emu.set_fault("context_length", times=1)
+    job = wait_status(comp, analyze(comp, driveId=1)["id"], {"done", "failed"})
+    assert job["status"] == "failed"
+    assert "prompt is longer than the context length" in job["error"]
+    assert "(400)" in job["error"]
+
+
+def test_busy_ollama_is_waited_for_and_then_answers(
+    make_companion: MakeCompanion, emu: OllamaEmulator
+) -> None:
+    comp = start(make_companion, emu)
+    sync_drive(comp, drive_id=1, count=200)
+    emu.set_fault("busy", times=1)
+    accepted = analyze(comp, driveId=1)
+    job = wait_status(comp, accepted["id"], {"waiting_for_ollama", "done", "failed"})
+    assert job["status"] == "waiting_for_ollama", job
+    assert "503" in job["error"] and "maximum pending requests" in job["error"]
+    # The fault is used up: after its backoff the job runs again and completes.
+    assert get(comp, accepted["id"], wait=25)["status"] == "done"
+
+
+def test_health_reports_where_the_model_runs(
+    make_companion: MakeCompanion, emu: OllamaEmulator
+) -> None:
+    comp = start(make_companion, emu)
+    _, _, ollama = health_ollama(comp)
+    deadline = time.monotonic() + 10
+    while ollama.get("checkedAt") is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _, _, ollama = health_ollama(comp)
+    assert ollama["modelLoaded"] is False and ollama["processor"] is None
+    assert ollama["vramBytes"] is None
+    sync_drive(comp, drive_id=1, count=200)
+    assert get(comp, analyze(comp, driveId=1)["id"], wait=20)["status"] == "done"
+    deadline = time.monotonic() + 10
+    while not ollama["modelLoaded"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        _, _, ollama = health_ollama(comp)
+    # The emulator reports the model loaded with size_vram 0: on the CPU.
+    assert ollama["modelLoaded"] is True
+    assert ollama["processor"] == "cpu" and ollama["vramBytes"] == 0
+    assert ollama["modelBytes"] > 0 and ollama["loadedUntil"]
+    assert ollama["status"] == "ok" and "CPU" in ollama["detail"]
 
 
 def test_invalid_output_once_succeeds_on_the_retry(
@@ -438,6 +513,7 @@ def test_graceful_restart_with_a_running_and_a_queued_job_runs_each_once(
 # --------------------------------------------------------------------------- automatic
 
 
+@pytest.mark.slow(seconds=16)
 def test_automatic_analysis_fires_for_a_quiet_drive_only(
     make_companion: MakeCompanion, emu: OllamaEmulator
 ) -> None:
@@ -496,6 +572,7 @@ def many_parameter_rows(first_id: int, count: int, drive_id: int, names: int) ->
     return rows
 
 
+@pytest.mark.slow(seconds=15)
 def test_digest_of_a_100k_row_drive_stays_under_the_size_bound(
     make_companion: MakeCompanion, emu: OllamaEmulator
 ) -> None:

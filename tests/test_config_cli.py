@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from chi_companion.config import ConfigError, load
+from chi_companion.core.config import ConfigError, load
 
 GOOD = """
 [server]
@@ -35,9 +35,9 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(GOOD)
     config = load(path, env={})
-    assert config.server["port"] == 8000
+    assert config.server.port == 8000
     assert config.devices == {"chi-eclipse-01": "0123456789abcdef0123"}
-    assert config.ollama["model"] == "gemma2:2b"
+    assert config.ollama.model == "gemma2:2b"
     assert config.db_path == Path("/srv/chi-companion/companion.db")
     assert config.retention["database"]["keep_daily"] == 14
 
@@ -46,8 +46,8 @@ def test_environment_overrides_single_values(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text(GOOD)
     config = load(path, env={"COMPANION_PORT": "8123", "COMPANION_DATA_DIR": "/data"})
-    assert config.server["port"] == 8123
-    assert config.server["data_dir"] == "/data"
+    assert config.server.port == 8123
+    assert config.server.data_dir == "/data"
     with pytest.raises(ConfigError) as err:
         load(path, env={"COMPANION_PORT": "eighty"})
     assert err.value.problems[0][0] == "server.port (from $COMPANION_PORT)"
@@ -135,3 +135,26 @@ def test_init_config_writes_a_valid_private_config(tmp_path: Path) -> None:
     # A second run keeps the existing file (and its key).
     cli("init-config", "--out", str(out), "--data-dir", str(tmp_path / "data"))
     assert key in out.read_text()
+
+
+@pytest.mark.parametrize("value", ['"30m"', '"1h30m"', '"0"', '"-1s"', "-1", "600", "90.5"])
+def test_keep_alive_takes_what_ollama_accepts(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD + f"\n[ollama]\nkeep_alive = {value}\n")
+    load(path, env={})
+
+
+@pytest.mark.parametrize("value", ['"600"', '"-1"', '"forever"', '"30 m"', "true"])
+def test_keep_alive_refuses_what_ollama_refuses(tmp_path: Path, value: str) -> None:
+    """Ollama parses a keep_alive string as a Go duration: "600" has no unit and every
+    analysis would fail with 400. The message says what to write instead."""
+    path = tmp_path / "c.toml"
+    path.write_text(GOOD + f"\n[ollama]\nkeep_alive = {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load(path, env={})
+    ((key, message),) = err.value.problems
+    assert key == "ollama.keep_alive"
+    if value != "true":
+        assert "-1 to keep the model loaded" in message and '"30m"' in message
+    if value in ('"600"', '"-1"'):
+        assert "has no unit" in message

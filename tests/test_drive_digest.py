@@ -11,16 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chi_companion.db import connect
-from chi_companion.drive_digest import (
+from chi_companion.analysis.digest import (
     DIGEST_MAX_CHARS,
     MAX_PARAMETERS,
     build_drive_digest,
     build_inline_digest,
     digest_text,
-    drive_exists,
 )
-from chi_companion.sync_store import SCHEMA
+from chi_companion.core.db import connect
+from chi_companion.sync.queries import drive_exists
+from chi_companion.sync.store import SCHEMA
 
 DEVICE = "chi-eclipse-01"
 

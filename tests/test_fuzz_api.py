@@ -130,6 +130,7 @@ def finish(name: str, proc: subprocess.Popen[str], comp: Companion) -> str:
     return f"{name} key: {summary[1]} generated, {summary[2].strip()}"
 
 
+@pytest.mark.slow(seconds=70)
 def test_fuzz_with_device_and_operator_keys_finds_no_server_errors_or_spec_violations(
     make_companion: Callable[..., Companion], tmp_path: Path, ollama: OllamaEmulator
 ) -> None:
@@ -229,7 +230,7 @@ BACKUPS = f"/api/v1/backups/{DEV}/database"
 INT64_OVER = str(2**63)
 # (request, expected status): each was a 500, an accepted request the spec forbids, or a
 # refused request the spec allows, until fixed. Query and path integers go through one parser
-# (chi_companion.params), so these stand for every route.
+# (chi_companion.core.params), so these stand for every route.
 PINNED: dict[str, tuple[Callable[[Companion], Any], int]] = {
     # 500: an integer past SQLite's 64-bit range reached the database as OverflowError.
     "analyses driveId past int64": (

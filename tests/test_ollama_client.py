@@ -8,14 +8,17 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from chi_companion.analysis_result import RESULT_SCHEMA, InvalidOutput, parse_result
-from chi_companion.ollama_client import (
+import requests
+from chi_companion.analysis.ollama import (
+    AnswerTruncated,
     ModelMissing,
     OllamaClient,
+    OllamaRequestError,
     OllamaTimeout,
     OllamaUnavailable,
     normalize_model_name,
 )
+from chi_companion.analysis.result import RESULT_SCHEMA, InvalidOutput, parse_result
 
 from tests.ollama_emulator import OllamaEmulator
 
@@ -73,10 +76,83 @@ def test_missing_model_and_timeout(emu: OllamaEmulator) -> None:
         client(emu.url, timeout=0.3).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
 
 
+def last_chat(emu: OllamaEmulator) -> dict[str, object]:
+    bodies = [b for m, p, b in emu.requests if m == "POST" and p == "/api/chat"]
+    assert bodies, "no /api/chat request reached the emulator"
+    return dict(bodies[-1])
+
+
+@pytest.mark.parametrize(
+    ("configured", "sent"), [("30m", "30m"), ("1h30m", "1h30m"), (-1, -1), (600.0, 600)]
+)
+def test_keep_alive_goes_out_as_ollama_parses_it(
+    emu: OllamaEmulator, configured: str | int | float, sent: str | int
+) -> None:
+    result = OllamaClient(emu.url, 10, configured, 8192).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+    assert result.done_reason == "stop"
+    body = last_chat(emu)
+    assert body["keep_alive"] == sent and type(body["keep_alive"]) is type(sent)
+    assert body["think"] is False and body["stream"] is True
+
+
+def test_keep_alive_without_a_unit_is_refused_by_ollama(emu: OllamaEmulator) -> None:
+    """Why the client never sends "600": real Ollama (and the emulator) answer 400."""
+    with pytest.raises(OllamaRequestError, match='missing unit in duration "600"'):
+        OllamaClient(emu.url, 10, "600", 8192).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+
+
+def test_answer_cut_at_num_predict_is_its_own_cause(emu: OllamaEmulator) -> None:
+    emu.set_fault("length", times=1)
+    with pytest.raises(AnswerTruncated, match='done_reason "length"') as info:
+        client(emu.url).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+    assert info.value.content  # what came before the cut
+    with pytest.raises(InvalidOutput):
+        parse_result(info.value.content)  # which is why it must not be parsed as the answer
+
+
+def test_busy_and_context_length_answers(emu: OllamaEmulator) -> None:
+    emu.set_fault("busy", times=1)
+    with pytest.raises(OllamaUnavailable, match=r"503.*maximum pending requests exceeded"):
+        client(emu.url).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+    emu.set_fault("context_length", times=1)
+    with pytest.raises(OllamaRequestError, match="prompt is longer than the context length"):
+        client(emu.url).chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+
+
+def test_model_names_compare_case_insensitively(emu: OllamaEmulator) -> None:
+    with pytest.raises(ModelMissing, match="not found, try pulling it first"):
+        client(emu.url).chat("llama3.2:3b", MESSAGES, RESULT_SCHEMA)
+    assert client(emu.url).chat("Gemma2:2B", MESSAGES, RESULT_SCHEMA).content
+    assert OllamaClient.find_model(client(emu.url).tags(), "GEMMA2:2b") is not None
+
+
+def test_running_models_come_from_api_ps(emu: OllamaEmulator) -> None:
+    ollama = client(emu.url)
+    assert ollama.running() == []
+    ollama.chat("gemma2:2b", MESSAGES, RESULT_SCHEMA)
+    (loaded,) = ollama.running()
+    assert loaded.name == "gemma2:2b" and loaded.size and loaded.size > 0
+    assert loaded.size_vram == 0 and loaded.expires_at
+
+
+def test_one_pooled_session_without_environment_proxies(
+    emu: OllamaEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A proxy from the environment must not reroute Ollama: this one does not exist.
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    ollama = client(emu.url)
+    assert isinstance(ollama.session, requests.Session) and ollama.session.trust_env is False
+    assert ollama.version() == emu.version
+    assert ollama.chat("gemma2:2b", MESSAGES, RESULT_SCHEMA).content
+    ollama.close()
+
+
 def test_model_names_are_normalised_like_ollama() -> None:
     assert normalize_model_name("gemma2") == "gemma2:latest"
     assert normalize_model_name("registry.ollama.ai/library/gemma2:2b") == "gemma2:2b"
     assert normalize_model_name("myuser/model") == "myuser/model:latest"
+    assert normalize_model_name("Gemma2:2B") == "gemma2:2b"
 
 
 def test_result_parser_rejects_bad_output_and_reranks_good_output() -> None:

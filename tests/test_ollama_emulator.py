@@ -15,14 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import requests
 
 from tests.ollama_emulator import FAULT_KINDS, OllamaEmulator
 from tests.ollama_emulator.build_release import build_release, marker_name
@@ -86,14 +85,15 @@ def call(
     url: str, method: str, path: str, body: Any = None, timeout: float = 10
 ) -> tuple[int, bytes, dict[str, str]]:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    resp = requests.request(
+        method,
+        url + path,
+        data=data,
+        headers={"Content-Type": "application/json"},
+        timeout=timeout,
+        allow_redirects=False,
     )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.read(), dict(resp.headers)
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read(), dict(exc.headers)
+    return resp.status_code, resp.content, dict(resp.headers)
 
 
 def call_json(url: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -273,8 +273,72 @@ def test_generate_stream_ends_with_done(emu: OllamaEmulator) -> None:
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/generate"])
 def test_missing_model_is_404_with_ollama_wording(emu: OllamaEmulator, path: str) -> None:
+    # server/routes.go: chat and generate answer a model that is not pulled like this.
     body = {"model": "gemma2:9b", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}
-    assert call_json(emu.url, "POST", path, body) == (404, {"error": "model 'gemma2:9b' not found"})
+    assert call_json(emu.url, "POST", path, body) == (
+        404,
+        {"error": 'model "gemma2:9b" not found, try pulling it first'},
+    )
+
+
+@pytest.mark.parametrize(
+    ("keep_alive", "error"),
+    [
+        ("600", 'time: missing unit in duration "600"'),
+        ("-1", 'time: missing unit in duration "-1"'),
+        ("forever", 'time: invalid duration "forever"'),
+    ],
+)
+def test_keep_alive_string_is_a_go_duration(
+    emu: OllamaEmulator, keep_alive: str, error: str
+) -> None:
+    body = {"model": "gemma2:2b", "messages": [], "keep_alive": keep_alive}
+    assert call_json(emu.url, "POST", "/api/chat", body) == (400, {"error": error})
+
+
+@pytest.mark.parametrize("keep_alive", ["10m", "1h30m", "0", -1, 600])
+def test_keep_alive_accepted_forms(emu: OllamaEmulator, keep_alive: object) -> None:
+    body = {"model": "gemma2:2b", "messages": [], "keep_alive": keep_alive}
+    status, reply = call_json(emu.url, "POST", "/api/chat", body)
+    assert status == 200 and reply["done"] is True
+
+
+@pytest.mark.parametrize(("think", "status"), [(False, 200), (True, 400)])
+def test_think_is_refused_only_when_true(emu: OllamaEmulator, think: bool, status: int) -> None:
+    body = {"model": "gemma2:2b", "prompt": "RPM?", "stream": False, "think": think}
+    got, reply = call_json(emu.url, "POST", "/api/generate", body)
+    assert got == status
+    if status == 400:
+        assert reply == {"error": '"gemma2:2b" does not support thinking'}
+
+
+def test_model_names_compare_case_insensitively(emu: OllamaEmulator) -> None:
+    body = {"model": "GEMMA2:2B", "prompt": "RPM?", "stream": False}
+    status, reply = call_json(emu.url, "POST", "/api/generate", body)
+    assert status == 200 and reply["response"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "error"),
+    [
+        ("busy", 503, "server busy, please try again.  maximum pending requests exceeded"),
+        ("context_length", 400, "prompt is longer than the context length"),
+    ],
+)
+def test_runner_refusals(emu: OllamaEmulator, fault: str, status: int, error: str) -> None:
+    emu.set_fault(fault, times=1)
+    body = {"model": "gemma2:2b", "prompt": "RPM?", "stream": False}
+    assert call_json(emu.url, "POST", "/api/generate", body) == (status, {"error": error})
+    assert call_json(emu.url, "POST", "/api/generate", body)[0] == 200  # used up
+
+
+def test_length_fault_cuts_the_answer(emu: OllamaEmulator) -> None:
+    emu.set_fault("length", times=1)
+    body = {"model": "gemma2:2b", "prompt": "RPM?", "stream": False, "format": "json"}
+    status, reply = call_json(emu.url, "POST", "/api/generate", body)
+    assert status == 200 and reply["done_reason"] == "length"
+    with pytest.raises(ValueError):
+        json.loads(reply["response"])
 
 
 def test_schema_format_gives_schema_valid_json_naming_prompt_parameters(

@@ -10,9 +10,14 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chi_companion.app import create_app
-from chi_companion.config import parse
-from chi_companion.context import Companion as Context
+from chi_companion import push_client
+from chi_companion.analysis import routes as analysis_api
+from chi_companion.backups import store as backup_store
+from chi_companion.companion import Companion as Context
+from chi_companion.core import config, ids
+from chi_companion.core.config import parse
+from chi_companion.sync import request as sync_store
+from chi_companion.web import create_app
 
 from tests.companion_process import Companion
 
@@ -150,7 +155,6 @@ def _anchored(pattern: str) -> str:
 def test_the_specs_limits_are_the_servers() -> None:
     """The spec's patterns and bounds are the ones the code enforces (fullmatch, so the spec's
     ^...$ is the same rule), so neither can change without the other."""
-    from chi_companion import analysis_api, backup_store, config, ids, push_client, sync_store
 
     spec = load_spec()
     schemas = spec["components"]["schemas"]

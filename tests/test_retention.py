@@ -10,7 +10,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from chi_companion.retention import EMPTY_POLICY_REASON, apply_policy, describe, validate_policy
+from chi_companion.backups.retention import (
+    EMPTY_POLICY_REASON,
+    apply_policy,
+    describe,
+    validate_policy,
+)
 
 
 def t(text: str) -> datetime:

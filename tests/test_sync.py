@@ -263,8 +263,9 @@ BAD_BODIES = [
 
 @pytest.mark.parametrize(("raw", "message"), BAD_BODIES)
 def test_bad_bodies_are_4xx_and_store_nothing(
-    companion: Companion, raw: bytes, message: str
+    module_companion: Companion, raw: bytes, message: str
 ) -> None:
+    companion = module_companion
     status, headers, body = companion.request(
         "POST", "/api/v1/sync", raw=raw, headers={"Content-Type": "application/json"}
     )

@@ -20,9 +20,17 @@ Ollama's documented HTTP API (github.com/ollama/ollama docs/api.md) that the com
 
 Faults for tests: `http500`, `drop` (close the connection without answering), `invalid_json`
 (chat/generate content that is not JSON), `schema_invalid` (JSON that breaks the requested
-schema), `slow` (sleep `delay_seconds` first), `none`. In-process via
-`OllamaEmulator.set_fault()`, out-of-process via the test-only endpoint
+schema), `slow` (sleep `delay_seconds` first), `length` (the answer cut at num_predict:
+`done_reason: "length"`), `busy` (503, Ollama's "maximum pending requests exceeded"),
+`context_length` (the runner's 400 "prompt is longer than the context length"), `none`.
+In-process via `OllamaEmulator.set_fault()`, out-of-process via the test-only endpoint
 `POST /__emulator__/fault` (see `_handle_control`).
+
+Fidelity to real Ollama where the companion depends on it (api/types.go, server/routes.go):
+`keep_alive` is a JSON number of seconds or a Go duration string, and a string without a unit
+is a 400 (`time: missing unit in duration "600"`); a chat/generate for a model that is not
+pulled is a 404 `model "x" not found, try pulling it first`; model names compare
+case-insensitively; `"think": true` is a 400 (no emulated model can think), `false` is fine.
 
 Standard library only: the release-archive builder (build_release.py) copies this file as
 `bin/ollama` into a fake Ollama release that a bare Debian host runs with nothing but python3.
@@ -59,9 +67,15 @@ from typing import Any
 # build_release.py rewrites this exact line to give each fake release its own version.
 EMULATOR_VERSION = "0.12.3"
 
-FAULT_KINDS = ("none", "http500", "drop", "invalid_json", "schema_invalid", "slow")
+FAULT_KINDS = (
+    *("none", "http500", "drop", "invalid_json", "schema_invalid", "slow"),
+    *("length", "busy", "context_length"),
+)
 # Faults that only make sense where a model produces content.
-_CONTENT_FAULTS = ("invalid_json", "schema_invalid")
+_CONTENT_FAULTS = ("invalid_json", "schema_invalid", "length", "busy", "context_length")
+# Ollama's scheduler refusal (server/sched.go ErrMaxQueue), answered 503.
+BUSY_ERROR = "server busy, please try again.  maximum pending requests exceeded"
+CONTEXT_ERROR = "prompt is longer than the context length"
 _CONTENT_PATHS = ("/api/chat", "/api/generate")
 CONTROL_PREFIX = "/__emulator__/"
 
@@ -192,23 +206,45 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+_GO_UNITS["h"] = 3600.0
+_GO_PART_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds from a Go duration string, as time.ParseDuration reads it; ValueError with
+    Go's own message otherwise."""
+    rest, sign = text, 1.0
+    if rest[:1] in ("-", "+"):
+        sign, rest = (-1.0 if rest[0] == "-" else 1.0), rest[1:]
+    if rest == "0":
+        return 0.0
+    if not rest:
+        raise ValueError(f'time: invalid duration "{text}"')
+    total, pos = 0.0, 0
+    while pos < len(rest):
+        match = _GO_PART_RE.match(rest, pos)
+        if match is None:
+            if re.fullmatch(r"\d+(\.\d*)?|\.\d+", rest[pos:]):
+                raise ValueError(f'time: missing unit in duration "{text}"')
+            raise ValueError(f'time: invalid duration "{text}"')
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
+    return sign * total
+
+
 def parse_keep_alive(value: Any, default_seconds: float = 300.0) -> float:
-    """Seconds from Ollama's keep_alive: a number of seconds or a Go duration like "30m"."""
-    if value is None or value == "":
+    """Seconds from keep_alive as Ollama's api.Duration reads it: absent means the default, a
+    JSON number is seconds, a string is a Go duration (ValueError, e.g. "600" without a unit)."""
+    if value is None:
         return default_seconds
+    if isinstance(value, bool):
+        raise ValueError("json: cannot unmarshal bool into Go value of type api.Duration")
     if isinstance(value, (int, float)):
         return float(value)
-    text = str(value).strip()
-    if re.fullmatch(r"-?\d+(\.\d+)?", text):
-        return float(text)
-    total = 0.0
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    parts = re.findall(r"(-?\d+(?:\.\d+)?)(ms|h|m|s)", text)
-    if not parts:
-        return default_seconds
-    for number, unit in parts:
-        total += float(number) * units[unit]
-    return total
+    if isinstance(value, str):
+        return parse_go_duration(value)
+    raise ValueError(f"Unsupported type: '{type(value).__name__}'")
 
 
 def parse_ollama_host(value: str | None) -> tuple[str, int]:
@@ -597,6 +633,14 @@ class _Store:
         self.models[name] = model
         return model
 
+    def find(self, name: str) -> _Model | None:
+        """The model a request names; Ollama compares names case-insensitively."""
+        model = self.models.get(name)
+        if model is None:
+            folded = name.casefold()
+            model = next((m for k, m in self.models.items() if k.casefold() == folded), None)
+        return model
+
     def remove(self, name: str) -> bool:
         model = self.models.pop(name, None)
         if model is None:
@@ -835,7 +879,7 @@ class _Handler(BaseHTTPRequestHandler):
         if requested is None:
             return
         with emu._lock:
-            model = emu._store.models.get(normalize_name(requested))
+            model = emu._store.find(normalize_name(requested))
         if model is None:
             self._send_json(404, {"error": f"model '{requested}' not found"})
             return
@@ -931,13 +975,28 @@ class _Handler(BaseHTTPRequestHandler):
         requested = self._model_name(body)
         if requested is None:
             return
-        name = normalize_name(requested)
         with emu._lock:
-            model = emu._store.models.get(name)
+            model = emu._store.find(normalize_name(requested))
         if model is None:
-            self._send_json(404, {"error": f"model '{requested}' not found"})
+            self._send_json(404, {"error": f'model "{requested}" not found, try pulling it first'})
             return
-        keep_alive = parse_keep_alive(body.get("keep_alive"))
+        name = model.name
+        try:
+            keep_alive = parse_keep_alive(body.get("keep_alive"))
+        except ValueError as exc:
+            self._send_json(400, {"error": str(exc)})
+            return
+        # server/routes.go: "think": true on a model without the thinking capability is a 400
+        # (no emulated model has it); "think": false is accepted.
+        if body.get("think") is True:
+            self._send_json(400, {"error": f'"{requested}" does not support thinking'})
+            return
+        if fault == "busy":
+            self._send_json(503, {"error": BUSY_ERROR})
+            return
+        if fault == "context_length":
+            self._send_json(400, {"error": CONTEXT_ERROR})
+            return
         stream = body.get("stream", True) is not False
         if chat:
             messages = body.get("messages") or []
@@ -962,6 +1021,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, reply)
             return
         content = emu.compose(requested, prompt, body.get("format"), fault)
+        done_reason = "stop"
+        if fault == "length":
+            # num_predict reached: the answer stops mid-way, whatever its format.
+            content, done_reason = content[: max(1, len(content) // 2)], "length"
         emu._set_loaded(name, keep_alive)
         prompt_tokens = max(1, len(prompt) // 4)
         eval_tokens = max(1, len(content) // 4)
@@ -975,7 +1038,7 @@ class _Handler(BaseHTTPRequestHandler):
             "eval_duration": max(elapsed // 2, 1),
         }
         if not stream:
-            reply = dict(base, done=True, done_reason="stop", **stats)
+            reply = dict(base, done=True, done_reason=done_reason, **stats)
             if chat:
                 reply["message"] = {"role": "assistant", "content": content}
             else:
@@ -992,7 +1055,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 chunk["response"] = piece
             self._stream_line(chunk)
-        final = dict(base, created_at=go_time(), done=True, done_reason="stop", **stats)
+        final = dict(base, created_at=go_time(), done=True, done_reason=done_reason, **stats)
         if chat:
             final["message"] = {"role": "assistant", "content": ""}
         else:

@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__, analysis_cli, backup_cli
-from .config import Config, ConfigError, load, resolve_path
-from .keys import new_key
-from .release import ReleaseError, load_record
-
-DEFAULT_CONFIG = "/etc/chi-companion/companion.toml"
-Handler = Callable[[argparse.Namespace], int]
-# A command group's action adder: (action name, handler, help text) -> the action's parser.
-AddAction = Callable[[str, Handler, str], argparse.ArgumentParser]
-
-
-def _config_from(args: argparse.Namespace) -> Config:
-    path = resolve_path(args.config) or DEFAULT_CONFIG
-    return load(path)
+from . import __version__
+from .analysis import cli as analysis_cli
+from .backups import cli as backup_cli
+from .companion import Companion
+from .core.cli_support import DEFAULT_CONFIG, AddAction, Handler, config_from, config_path
+from .core.config import ConfigError, load
+from .core.keys import new_key
+from .core.release import ReleaseError, load_record
+from .core.server import serve
+from .sync import cli as sync_cli
+from .web import create_app
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
-
-    return serve(_config_from(args))
+    return serve(config_from(args), Companion.from_config, create_app)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = resolve_path(args.config) or DEFAULT_CONFIG
+    path = config_path(args)
     try:
         config = load(path)
     except ConfigError as exc:
@@ -40,7 +33,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {key}: {message}", file=sys.stderr)
         return 1
     problems: list[str] = []
-    record_path = config.release["record_path"]
+    record_path = config.release.record_path
     if record_path and os.path.exists(record_path):
         try:
             load_record(Path(record_path))
@@ -83,17 +76,6 @@ def cmd_init_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sync_status(args: argparse.Namespace) -> int:
-    from .context import Companion
-
-    config = _config_from(args)
-    ctx = Companion.from_config(config)
-    devices = [args.device] if args.device else sorted(config.devices)
-    report = [ctx.sync.status(ctx.db.conn(), dev) for dev in devices]
-    print(json.dumps(report, indent=2))
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chi-companion",
@@ -129,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--device", default="chi-eclipse-01", help="device id")
     init.add_argument("--host", default="127.0.0.1")
     init.add_argument("--port", type=int, default=8000)
-    status = add("sync-status", cmd_sync_status, "print what each device has synced")
-    status.add_argument("--device", help="only this device")
+    sync_cli.register(add)
 
     def add_group(name: str, help_text: str) -> AddAction:
         # required=True: argparse itself prints the usage when the action is missing, so the
@@ -147,18 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 
         return add_action
 
-    for register in CLI_EXTENSIONS:
-        register(add_group)
+    backup_cli.register(add_group)
+    analysis_cli.register(add_group)
     return parser
 
 
 def _no_action(args: argparse.Namespace) -> int:  # pragma: no cover - argparse requires one
     return 2
-
-
-# Feature modules add their command groups here (e.g. `backups`, `analyses`).
-# Each gets `add_group(name, help) -> add_action` and adds its group's actions with it.
-CLI_EXTENSIONS: list[Callable[..., None]] = [backup_cli.register, analysis_cli.register]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,111 @@
+"""What other features may ask about the synced rows: the sync package's named interface.
+
+Only the sync package reads the synced-rows tables; analysis finds drives, their rows and
+their events through these functions (import-linter allows it this module and no other).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+# Seconds since the Unix epoch from any timestamp SQLite's date functions read:
+# the Pi sends "...T...Z", "YYYY-MM-DD HH:MM:SS" and naive times with microseconds.
+UNIX_SECONDS = "(julianday({col}) - 2440587.5) * 86400.0"
+
+_DRIVE_POINTS = """INSERT INTO {target} (p, v, ts, u, t)
+    SELECT coalesce(substr(CAST(p AS TEXT), 1, {name_chars}), '(unnamed)'),
+           CASE WHEN typeof(v) IN ('integer', 'real') THEN v END,
+           ts, u, {unix_seconds}
+    FROM (SELECT json_extract(doc, '$.parameter_name') AS p,
+                 json_extract(doc, '$.value') AS v,
+                 json_extract(doc, '$.timestamp') AS ts,
+                 json_extract(doc, '$.unit') AS u
+          FROM main.synced_rows INDEXED BY synced_rows_by_drive
+          WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?)"""
+_DRIVE_EVENTS = """SELECT doc FROM synced_rows INDEXED BY synced_rows_by_drive
+    WHERE device_id = ? AND table_name = ? AND drive_id = ? ORDER BY row_id LIMIT ?"""
+_EVENT_TIME = UNIX_SECONDS.format(
+    col="coalesce(json_extract(doc, '$.timestamp'), json_extract(doc, '$.created_at'))"
+)
+_TIMED_EVENTS = f"""SELECT doc FROM synced_rows
+    WHERE device_id = ? AND table_name = ? AND drive_id IS NULL
+      AND {_EVENT_TIME} BETWEEN ? AND ?
+    ORDER BY row_id LIMIT ?"""
+
+
+def copy_drive_points(
+    conn: sqlite3.Connection, target: str, device_id: str, drive_id: int, name_chars: int
+) -> None:
+    """Project a drive's ``realtime_data`` rows into the caller's scratch table ``target``
+    with columns (p, v, ts, u, t): parameter, numeric value or NULL, raw timestamp, unit, and
+    Unix seconds. Done inside SQLite so memory does not grow with the drive's length."""
+    sql = _DRIVE_POINTS.format(
+        target=target, name_chars=int(name_chars), unix_seconds=UNIX_SECONDS.format(col="ts")
+    )
+    conn.execute(sql, (device_id, drive_id))
+
+
+def drive_event_docs(
+    conn: sqlite3.Connection, device_id: str, table: str, drive_id: int, limit: int
+) -> list[str]:
+    """The first ``limit`` rows (as stored JSON) of ``table`` that name the drive."""
+    return [d for (d,) in conn.execute(_DRIVE_EVENTS, (device_id, table, drive_id, limit))]
+
+
+def timed_event_docs(
+    conn: sqlite3.Connection, device_id: str, table: str, t_from: float, t_to: float, limit: int
+) -> list[str]:
+    """Rows of ``table`` without a drive id whose time falls in [t_from, t_to] (Unix s)."""
+    return [d for (d,) in conn.execute(_TIMED_EVENTS, (device_id, table, t_from, t_to, limit))]
+
+
+def drive_exists(conn: sqlite3.Connection, device_id: str, drive_id: int) -> bool:
+    row = conn.execute(
+        """SELECT 1 FROM synced_rows INDEXED BY synced_rows_by_drive
+           WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ? LIMIT 1""",
+        (device_id, drive_id),
+    ).fetchone()
+    return row is not None
+
+
+def drive_ids(conn: sqlite3.Connection, device_id: str) -> Iterator[int]:
+    """Distinct drive ids of a device by skipping through the drive index: one
+    index seek per drive, instead of reading every row of every drive."""
+    last: int | None = None
+    while True:
+        row = conn.execute(
+            """SELECT min(drive_id) FROM synced_rows INDEXED BY synced_rows_by_drive
+               WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id > ?""",
+            (device_id, last if last is not None else -(2**63)),
+        ).fetchone()
+        if row is None or row[0] is None:
+            return
+        last = int(row[0])
+        yield last
+
+
+def received_since(conn: sqlite3.Connection, device_id: str, drive_id: int, cutoff: str) -> bool:
+    """Whether any of the drive's rows arrived at or after ``cutoff`` (our ISO time)."""
+    # Newest rows first (the index is ordered by row id within a drive), so a drive
+    # that is still receiving rows is recognised after a few index entries.
+    row = conn.execute(
+        """SELECT 1 FROM synced_rows INDEXED BY synced_rows_by_drive
+           WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?
+             AND received_at >= ?
+           ORDER BY row_id DESC LIMIT 1""",
+        (device_id, drive_id, cutoff),
+    ).fetchone()
+    return row is not None
+
+
+def realtime_last_received(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(device id, when its newest ``realtime_data`` row arrived) for every device."""
+    return conn.execute(
+        """SELECT device_id, last_received_at FROM table_stats
+           WHERE table_name = 'realtime_data'"""
+    ).fetchall()
+
+
+def last_sync_per_device(conn: sqlite3.Connection) -> dict[str, str | None]:
+    return dict(conn.execute("SELECT device_id, last_sync_at FROM devices"))

@@ -1,0 +1,238 @@
+"""Rows synced from the Pi, stored as JSON documents keyed by (device, table, id).
+
+Rows are documents rather than typed columns because the Pi's tables grow new
+columns when its app is upgraded and the companion must keep them without a
+server change or a migration; the one field analysis needs to find a drive
+(``drive_id``) is a generated column with an index.
+
+A sync request is validated completely before anything is written, then stored
+in a single transaction: a body is either stored whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from ..core.clock import iso_z, now_iso, utc_now
+from ..core.db import transaction
+from .request import SyncRequest, TableBatch
+
+# Pruning the history costs a DELETE; doing it on every request while the Pi
+# posts every 5 s would be wasted work, so it runs every Nth sync.
+PRUNE_EVERY = 200
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS synced_rows (
+        device_id   TEXT    NOT NULL,
+        table_name  TEXT    NOT NULL,
+        row_id      INTEGER NOT NULL,
+        doc         TEXT    NOT NULL,
+        received_at TEXT    NOT NULL,
+        drive_id    INTEGER GENERATED ALWAYS AS (json_extract(doc, '$.drive_id')) VIRTUAL,
+        PRIMARY KEY (device_id, table_name, row_id)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS synced_rows_by_drive
+        ON synced_rows (device_id, table_name, drive_id) WHERE drive_id IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS table_stats (
+        device_id        TEXT    NOT NULL,
+        table_name       TEXT    NOT NULL,
+        row_count        INTEGER NOT NULL,
+        max_row_id       INTEGER NOT NULL,
+        last_received_at TEXT    NOT NULL,
+        PRIMARY KEY (device_id, table_name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS devices (
+        device_id     TEXT PRIMARY KEY,
+        last_drive_id INTEGER,
+        last_sync_at  TEXT,
+        last_batch_id TEXT
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS sync_history (
+        id           INTEGER PRIMARY KEY,
+        device_id    TEXT    NOT NULL,
+        batch_id     TEXT    NOT NULL,
+        received_at  TEXT    NOT NULL,
+        tables_json  TEXT    NOT NULL,
+        non_finite   INTEGER NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS sync_history_by_time ON sync_history (received_at)",
+]
+
+
+@dataclass
+class Rejection:
+    at: str
+    device_id: str | None
+    batch_id: str | None
+    status: int
+    error: str
+    detail: str
+
+
+@dataclass
+class SyncResult:
+    batch_id: str
+    synced_at: str
+    tables: dict[str, dict[str, int]] = field(default_factory=dict)
+    drive_data_received: bool = False
+    non_finite: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "batchId": self.batch_id,
+            "tablesProcessed": self.tables,
+            "syncedAt": self.synced_at,
+            "driveDataReceived": self.drive_data_received,
+            "nonFiniteValues": self.non_finite,
+        }
+
+
+class SyncStore:
+    def __init__(self, history_max_age_days: int, history_max_entries: int) -> None:
+        self.history_max_age = timedelta(days=history_max_age_days)
+        self.history_max_entries = history_max_entries
+        self._since_prune = 0
+        # Recent rejections, kept in memory for /sync/status: what the operator
+        # needs to see why a table's sync stalls, without storing rejected data.
+        self.rejections: deque[Rejection] = deque(maxlen=100)
+
+    def record_rejection(
+        self, device_id: str | None, batch_id: str | None, status: int, error: str, detail: Any
+    ) -> None:
+        self.rejections.append(
+            Rejection(now_iso(), device_id, batch_id, status, error, str(detail)[:500])
+        )
+
+    def store(self, conn: sqlite3.Connection, req: SyncRequest) -> SyncResult:
+        received_at = now_iso()
+        result = SyncResult(req.batch_id, received_at, non_finite=req.non_finite)
+        with transaction(conn):
+            for table in req.tables:
+                result.tables[table.name] = self._upsert(conn, req.device_id, table, received_at)
+                if table.name == "realtime_data" and table.ids:
+                    result.drive_data_received = True
+            conn.execute(
+                """INSERT INTO devices (device_id, last_drive_id, last_sync_at, last_batch_id)
+                   VALUES (?, ?, ?, ?)
+                   ON CONFLICT (device_id) DO UPDATE SET
+                     last_drive_id = CASE
+                       WHEN excluded.last_drive_id IS NULL THEN devices.last_drive_id
+                       WHEN devices.last_drive_id IS NULL THEN excluded.last_drive_id
+                       ELSE max(devices.last_drive_id, excluded.last_drive_id) END,
+                     last_sync_at = excluded.last_sync_at,
+                     last_batch_id = excluded.last_batch_id""",
+                (req.device_id, req.last_drive_id, received_at, req.batch_id),
+            )
+            conn.execute(
+                """INSERT INTO sync_history (device_id, batch_id, received_at, tables_json,
+                   non_finite) VALUES (?, ?, ?, ?, ?)""",
+                (
+                    req.device_id,
+                    req.batch_id,
+                    received_at,
+                    json.dumps(result.tables),
+                    req.non_finite,
+                ),
+            )
+            self._since_prune += 1
+            if self._since_prune >= PRUNE_EVERY:
+                self._since_prune = 0
+                self.prune_history(conn)
+        return result
+
+    def _upsert(
+        self, conn: sqlite3.Connection, device_id: str, table: TableBatch, received_at: str
+    ) -> dict[str, int]:
+        if not table.ids:
+            return {"inserted": 0, "updated": 0, "errors": 0}
+        ids = table.ids
+        existing = {
+            r[0]
+            for r in conn.execute(
+                """SELECT row_id FROM synced_rows
+                   WHERE device_id = ? AND table_name = ?
+                     AND row_id IN (SELECT value FROM json_each(?))""",
+                (device_id, table.name, json.dumps(ids)),
+            )
+        }
+        inserted = updated = 0
+        seen = existing
+        for row_id in ids:
+            if row_id in seen:
+                updated += 1
+            else:
+                inserted += 1
+                seen.add(row_id)
+        # json_each splits the array inside SQLite: no per-row Python encoding, and
+        # each document is stored exactly as the Pi sent it (key order, number text).
+        # Rows repeated within one batch are applied in order, so the last one wins.
+        conn.execute(
+            """INSERT INTO synced_rows (device_id, table_name, row_id, doc, received_at)
+               SELECT ?, ?, json_extract(value, '$.id'), value, ? FROM json_each(?) WHERE true
+               ON CONFLICT (device_id, table_name, row_id) DO UPDATE SET
+                 doc = excluded.doc, received_at = excluded.received_at""",
+            (device_id, table.name, received_at, table.rows_json),
+        )
+        conn.execute(
+            """INSERT INTO table_stats (device_id, table_name, row_count, max_row_id,
+                 last_received_at) VALUES (?, ?, ?, ?, ?)
+               ON CONFLICT (device_id, table_name) DO UPDATE SET
+                 row_count = table_stats.row_count + excluded.row_count,
+                 max_row_id = max(table_stats.max_row_id, excluded.max_row_id),
+                 last_received_at = excluded.last_received_at""",
+            (device_id, table.name, inserted, max(ids), received_at),
+        )
+        return {"inserted": inserted, "updated": updated, "errors": 0}
+
+    def prune_history(self, conn: sqlite3.Connection) -> int:
+        cutoff = iso_z(utc_now() - self.history_max_age)
+        deleted = conn.execute("DELETE FROM sync_history WHERE received_at < ?", (cutoff,)).rowcount
+        deleted += conn.execute(
+            """DELETE FROM sync_history WHERE id <= (
+                 SELECT max(id) FROM sync_history) - ?""",
+            (self.history_max_entries,),
+        ).rowcount
+        return deleted
+
+    def status(self, conn: sqlite3.Connection, device_id: str) -> dict[str, Any]:
+        tables = {
+            name: {"rows": count, "maxId": max_id, "lastReceivedAt": last}
+            for name, count, max_id, last in conn.execute(
+                """SELECT table_name, row_count, max_row_id, last_received_at
+                   FROM table_stats WHERE device_id = ? ORDER BY table_name""",
+                (device_id,),
+            )
+        }
+        row = conn.execute(
+            "SELECT last_drive_id, last_sync_at, last_batch_id FROM devices WHERE device_id = ?",
+            (device_id,),
+        ).fetchone()
+        last_drive_id, last_sync_at, last_batch_id = row if row else (None, None, None)
+        return {
+            "deviceId": device_id,
+            "lastSyncAt": last_sync_at,
+            "lastBatchId": last_batch_id,
+            "driveCounter": {"lastDriveId": last_drive_id},
+            "tables": tables,
+            "recentRejections": [
+                {
+                    "at": r.at,
+                    "batchId": r.batch_id,
+                    "status": r.status,
+                    "error": r.error,
+                    "detail": r.detail,
+                }
+                for r in self.rejections
+                if r.device_id == device_id
+            ][-20:],
+        }
+
+    @staticmethod
+    def last_sync_per_device(conn: sqlite3.Connection) -> dict[str, str | None]:
+        return dict(conn.execute("SELECT device_id, last_sync_at FROM devices"))
