@@ -13,7 +13,7 @@ import yaml
 
 SERVICE = "chi-companion"
 USER = "chi-companion"
-DATA_DIR = "/srv/chi-companion"
+DATA_DIR = "/mnt/raid5/chi-companion"
 CONFIG = "/etc/chi-companion/companion.toml"
 VENV = "/opt/chi-companion/venv"
 PORT = 8000
