@@ -42,7 +42,7 @@ run: $(RUN_VENV)/.installed
 	@echo "dev API key (device chi-eclipse-01): $$(sed -n 's/^api_key = "\(.*\)"/\1/p' $(DEV_DIR)/companion.toml | head -1)"
 	$(RUN_BIN)/chi-companion serve --config $(DEV_DIR)/companion.toml
 
-test: lint pytest soak molecule
+test: lint pytest deps-min soak molecule
 
 lint: venv
 	$(BIN)/ruff check .
