@@ -6,10 +6,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from bottle import HTTPResponse
+from bottle import HTTPResponse, request
 
 from ..companion import Companion
-from ..core.http_json import API
+from ..core.http_json import API, ApiError
 from .collect import SYNC_BUCKETS, collect
 from .exposition import Histogram, render
 
@@ -46,7 +46,12 @@ def routes(app: Bottle, ctx: Companion) -> None:
     latency = Histogram(SYNC_BUCKETS)
     app.install(SyncTimer(latency))
 
+    allowed = ctx.config.metrics
+
     @app.get("/metrics")
     def metrics() -> Any:
+        client = request.environ.get("REMOTE_ADDR", "")
+        if not allowed.allows(client):
+            raise ApiError(403, "forbidden", "this address may not read /metrics")
         body = render(collect(ctx, latency))
         return HTTPResponse(body=body, status=200, headers={"Content-Type": CONTENT_TYPE})
