@@ -13,6 +13,8 @@ from chi_companion.page.downsample import min_max
 from chi_companion.page.views import CHART_BUCKETS
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.browser import SCREENSHOTS, chromium, full_page_screenshot
 from tests.companion_process import Companion
@@ -74,6 +76,14 @@ def analysed(comp: Companion) -> dict[str, Any]:
         assert full["status"] != "failed" and time.monotonic() < deadline, full
 
 
+def go(b: WebDriver, by: str, what: str) -> None:
+    """Click something that loads a new page, and wait until the old page is gone: the
+    next lookups must not find elements of the page being left."""
+    old = b.find_element(By.TAG_NAME, "html")
+    b.find_element(by, what).click()
+    WebDriverWait(b, 20).until(staleness_of(old))
+
+
 def expected_points(name: str) -> int:
     series = [
         (float(s), r["value"])
@@ -91,10 +101,10 @@ def test_sign_in_device_drive_chart_analysis_reanalyse_sign_out(
     assert b.current_url == comp.url + "/login"  # nothing but sign-in without a session
     full_page_screenshot(b, SHOTS / "1-sign-in.png")
     b.find_element(By.NAME, "key").send_keys("wrong key")
-    b.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+    go(b, By.CSS_SELECTOR, "#sign-in button")
     assert "not valid" in b.find_element(By.ID, "message").text
     b.find_element(By.NAME, "key").send_keys(comp.operator_key)
-    b.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+    go(b, By.CSS_SELECTOR, "#sign-in button")
 
     assert b.find_element(By.TAG_NAME, "h1").text == "Overview"
     devices = b.find_element(By.ID, "devices").text
@@ -102,13 +112,13 @@ def test_sign_in_device_drive_chart_analysis_reanalyse_sign_out(
     assert "Ollama" in b.page_source and "gemma2:2b (present)" in b.page_source
     full_page_screenshot(b, SHOTS / "2-overview.png")
 
-    b.find_element(By.LINK_TEXT, comp.device).click()
+    go(b, By.LINK_TEXT, comp.device)
     assert b.find_element(By.TAG_NAME, "h1").text == f"Drives of {comp.device}"
     row = b.find_element(By.CSS_SELECTOR, "#drives tr:nth-child(2)").text
     assert str(DRIVE) in row and "6000" in row and "19 min 59 s" in row and "done" in row
     full_page_screenshot(b, SHOTS / "3-drives.png")
 
-    b.find_element(By.LINK_TEXT, str(DRIVE)).click()
+    go(b, By.LINK_TEXT, str(DRIVE))
     assert b.find_element(By.TAG_NAME, "h1").text == f"Drive {DRIVE}"
     charts = b.find_elements(By.CSS_SELECTOR, "figure.chart")
     names = [c.get_attribute("data-parameter") for c in charts]
@@ -127,26 +137,26 @@ def test_sign_in_device_drive_chart_analysis_reanalyse_sign_out(
     for box in b.find_elements(By.CSS_SELECTOR, "#picker input[type=checkbox]"):
         if box.is_selected() != (box.get_attribute("value") == "ENGINE_LOAD"):
             box.click()
-    b.find_element(By.CSS_SELECTOR, "#picker button").click()
+    go(b, By.CSS_SELECTOR, "#picker button")
     picked = [
         c.get_attribute("data-parameter") for c in b.find_elements(By.CSS_SELECTOR, "figure.chart")
     ]
     assert picked == ["ENGINE_LOAD"]
 
-    b.find_element(By.CSS_SELECTOR, "#analyse button").click()
+    go(b, By.CSS_SELECTOR, "#analyse button")
     flash = b.find_element(By.CLASS_NAME, "flash").text
     _, _, listed = comp.request("GET", f"/api/v1/analyses?driveId={DRIVE}")
     newest = listed["analyses"][0]
     assert newest["id"] > job["id"] and f"Analysis {newest['id']} queued" in flash
     full_page_screenshot(b, SHOTS / "5-reanalysis-queued.png")
 
-    b.find_element(By.LINK_TEXT, "Backups & analyses").click()
+    go(b, By.LINK_TEXT, "Backups & analyses")
     backups = b.find_element(By.ID, "backups").text
     assert "database" in backups and "not yet" in backups
     assert str(newest["id"]) in b.find_element(By.ID, "analyses").text
     full_page_screenshot(b, SHOTS / "6-backups.png")
 
-    b.find_element(By.ID, "sign-out").click()
+    go(b, By.ID, "sign-out")
     assert b.current_url == comp.url + "/login"
     b.get(comp.url + f"/devices/{comp.device}/drives/{DRIVE}")
     assert b.current_url == comp.url + "/login"

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..companion import Companion
-from ..sync.queries import copy_drive_points, drive_exists, drive_ids, drive_summary
+from ..sync.queries import drive_exists, drive_ids, drive_series, drive_summary
 from .chart import WIDTH, line_chart
 from .downsample import min_max
 from .html import age, duration, esc, size, status
@@ -19,7 +19,6 @@ DRIVES_PER_PAGE = 20
 CHART_BUCKETS = WIDTH // 2
 DEFAULT_PARAMETERS = ("RPM", "SPEED", "COOLANT_TEMP")
 MAX_CHARTS = 8
-POINTS_TABLE = "CREATE TEMP TABLE page_points (p TEXT NOT NULL, v REAL, ts TEXT, u TEXT, t REAL)"
 
 
 class BadRequest(Exception):
@@ -134,13 +133,6 @@ def drives(ctx: Companion, device: str, page_no: int) -> tuple[str, int]:
 # ------------------------------------------------------------------------------ one drive
 
 
-def _load_points(conn: sqlite3.Connection, device: str, drive_id: int) -> None:
-    conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("DROP TABLE IF EXISTS temp.page_points")
-    conn.execute(POINTS_TABLE)
-    copy_drive_points(conn, "temp.page_points", device, drive_id, 64)
-
-
 def default_parameters(seen: list[str]) -> list[str]:
     by_upper = {p.upper(): p for p in seen}
     chosen = [by_upper[d] for d in DEFAULT_PARAMETERS if d in by_upper]
@@ -150,35 +142,40 @@ def default_parameters(seen: list[str]) -> list[str]:
 def drive_charts(
     conn: sqlite3.Connection, device: str, drive_id: int, wanted: list[str]
 ) -> tuple[list[str], list[str], str, dict[str, Any]]:
-    """(parameters seen, parameters charted, the charts' HTML, facts) for one drive."""
-    _load_points(conn, device, drive_id)
-    try:
-        seen = [p for (p,) in conn.execute("SELECT DISTINCT p FROM temp.page_points ORDER BY p")]
-        chosen = wanted or default_parameters(seen)
-        unknown = [p for p in chosen if p not in seen]
-        if unknown:
-            raise BadRequest(f"drive {drive_id} has no parameter {unknown[0]!r}")
-        if len(chosen) > MAX_CHARTS:
-            raise BadRequest(f"pick at most {MAX_CHARTS} parameters")
-        total, t0, t1 = conn.execute(
-            "SELECT count(*), min(t), max(t) FROM temp.page_points"
-        ).fetchone()
-        charts = []
-        for name in chosen:
-            unit_row = conn.execute(
-                "SELECT u FROM temp.page_points WHERE p = ? AND u IS NOT NULL LIMIT 1", (name,)
-            ).fetchone()
-            points = conn.execute(
-                """SELECT t, v FROM temp.page_points
-                   WHERE p = ? AND v IS NOT NULL AND t IS NOT NULL ORDER BY t""",
-                (name,),
-            ).fetchall()
-            drawn = min_max(points, CHART_BUCKETS)
-            charts.append(line_chart(name, unit_row[0] if unit_row else None, drawn, len(points)))
-        facts = {"rows": total, "start": t0, "end": t1}
-        return seen, chosen, "".join(charts), facts
-    finally:
-        conn.execute("DROP TABLE IF EXISTS temp.page_points")
+    """(parameters seen, parameters charted, the charts' HTML, facts) for one drive.
+
+    One pass over the drive's rows; only the charted parameters' points are kept."""
+    wanted_set = set(wanted)
+    series: dict[str, list[tuple[float, float]]] = {}
+    counts: dict[str, int] = {}
+    units: dict[str, str] = {}
+    total, t0, t1 = 0, None, None
+    for p, v, u, t in drive_series(conn, device, drive_id):
+        total += 1
+        name = str(p) if p is not None else "(unnamed)"
+        if t is not None:
+            t0 = t if t0 is None or t < t0 else t0
+            t1 = t if t1 is None or t > t1 else t1
+        if name not in counts:
+            counts[name] = 0
+        if name not in units and isinstance(u, str):
+            units[name] = u
+        if v is not None and t is not None and (not wanted_set or name in wanted_set):
+            counts[name] += 1
+            series.setdefault(name, []).append((t, v))
+    seen = sorted(counts)
+    chosen = wanted or default_parameters(seen)
+    unknown = [p for p in chosen if p not in counts]
+    if unknown:
+        raise BadRequest(f"drive {drive_id} has no parameter {unknown[0]!r}")
+    if len(chosen) > MAX_CHARTS:
+        raise BadRequest(f"pick at most {MAX_CHARTS} parameters")
+    charts = []
+    for name in chosen:
+        points = sorted(series.get(name, []))
+        drawn = min_max(points, CHART_BUCKETS)
+        charts.append(line_chart(name, units.get(name), drawn, len(points)))
+    return seen, chosen, "".join(charts), {"rows": total, "start": t0, "end": t1}
 
 
 def _picker(device: str, drive_id: int, seen: list[str], chosen: list[str]) -> str:

@@ -136,3 +136,20 @@ def table_row_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
             "SELECT device_id, table_name, row_count FROM table_stats ORDER BY 1, 2"
         )
     ]
+
+
+_DRIVE_SERIES = f"""SELECT json_extract(doc, '$.parameter_name') AS p,
+        CASE WHEN json_type(doc, '$.value') IN ('integer', 'real')
+             THEN json_extract(doc, '$.value') END,
+        json_extract(doc, '$.unit'),
+        {UNIX_SECONDS.format(col="json_extract(doc, '$.timestamp')")}
+    FROM synced_rows INDEXED BY synced_rows_by_drive
+    WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?"""
+
+
+def drive_series(
+    conn: sqlite3.Connection, device_id: str, drive_id: int
+) -> Iterator[tuple[object, float | None, object, float | None]]:
+    """(parameter, numeric value or None, unit, Unix seconds) of each of a drive's
+    ``realtime_data`` rows, in one pass over the drive index (no scratch table)."""
+    yield from conn.execute(_DRIVE_SERIES, (device_id, drive_id))
