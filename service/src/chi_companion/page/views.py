@@ -75,10 +75,11 @@ def overview(ctx: Companion, session: Session) -> str:
         f"<td>{esc(rep.get('detail') or '')}</td></tr></table>"
     )
     oll = comps.get("ollama", {})
+    reachable = "yes" if oll.get("reachable") else "no"
     parts.append(
         "<h2>Ollama</h2><table><tr><th>Status</th><th>Reachable</th><th>Model</th>"
         "<th>Runs on</th><th>Queue</th><th>Detail</th></tr>"
-        f"<tr><td>{status(oll.get('status'))}</td><td>{esc(oll.get('reachable'))}</td>"
+        f"<tr><td>{status(oll.get('status'))}</td><td>{reachable}</td>"
         f"<td>{esc(oll.get('model'))} ({'present' if oll.get('modelPresent') else 'missing'})"
         f"</td><td>{esc(oll.get('processor') or 'not loaded')}</td>"
         f"<td>{esc(oll.get('queueDepth'))}</td><td>{esc(oll.get('detail') or '')}</td></tr>"
