@@ -56,7 +56,7 @@ lint: venv
 # processes, so more workers than the 2 CI cores still pays. PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= 4
 pytest: venv
-	$(BIN)/pytest -n $(PYTEST_WORKERS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --maxschedchunk=2
 
 molecule: venv
 	PATH="$(abspath $(BIN)):$$PATH" tests/molecule_rig/run-scenarios.sh

@@ -513,6 +513,7 @@ def test_graceful_restart_with_a_running_and_a_queued_job_runs_each_once(
 # --------------------------------------------------------------------------- automatic
 
 
+@pytest.mark.slow(seconds=16)
 def test_automatic_analysis_fires_for_a_quiet_drive_only(
     make_companion: MakeCompanion, emu: OllamaEmulator
 ) -> None:
@@ -571,6 +572,7 @@ def many_parameter_rows(first_id: int, count: int, drive_id: int, names: int) ->
     return rows
 
 
+@pytest.mark.slow(seconds=15)
 def test_digest_of_a_100k_row_drive_stays_under_the_size_bound(
     make_companion: MakeCompanion, emu: OllamaEmulator
 ) -> None:

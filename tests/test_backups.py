@@ -743,6 +743,7 @@ def test_retention_applies_after_each_upload(make_companion: Callable[..., Compa
     assert status == 201 and len(catalog(comp)) == 3
 
 
+@pytest.mark.slow(seconds=20)
 def test_cli_list_prune_verify_restore(
     make_companion: Callable[..., Companion], tmp_path: Path
 ) -> None:

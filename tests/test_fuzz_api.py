@@ -130,6 +130,7 @@ def finish(name: str, proc: subprocess.Popen[str], comp: Companion) -> str:
     return f"{name} key: {summary[1]} generated, {summary[2].strip()}"
 
 
+@pytest.mark.slow(seconds=70)
 def test_fuzz_with_device_and_operator_keys_finds_no_server_errors_or_spec_violations(
     make_companion: Callable[..., Companion], tmp_path: Path, ollama: OllamaEmulator
 ) -> None:

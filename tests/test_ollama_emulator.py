@@ -303,6 +303,15 @@ def test_keep_alive_accepted_forms(emu: OllamaEmulator, keep_alive: object) -> N
     assert status == 200 and reply["done"] is True
 
 
+@pytest.mark.parametrize(("think", "status"), [(False, 200), (True, 400)])
+def test_think_is_refused_only_when_true(emu: OllamaEmulator, think: bool, status: int) -> None:
+    body = {"model": "gemma2:2b", "prompt": "RPM?", "stream": False, "think": think}
+    got, reply = call_json(emu.url, "POST", "/api/generate", body)
+    assert got == status
+    if status == 400:
+        assert reply == {"error": '"gemma2:2b" does not support thinking'}
+
+
 def test_model_names_compare_case_insensitively(emu: OllamaEmulator) -> None:
     body = {"model": "GEMMA2:2B", "prompt": "RPM?", "stream": False}
     status, reply = call_json(emu.url, "POST", "/api/generate", body)

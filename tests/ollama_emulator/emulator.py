@@ -23,14 +23,14 @@ Faults for tests: `http500`, `drop` (close the connection without answering), `i
 schema), `slow` (sleep `delay_seconds` first), `length` (the answer cut at num_predict:
 `done_reason: "length"`), `busy` (503, Ollama's "maximum pending requests exceeded"),
 `context_length` (the runner's 400 "prompt is longer than the context length"), `none`.
+In-process via `OllamaEmulator.set_fault()`, out-of-process via the test-only endpoint
+`POST /__emulator__/fault` (see `_handle_control`).
 
 Fidelity to real Ollama where the companion depends on it (api/types.go, server/routes.go):
 `keep_alive` is a JSON number of seconds or a Go duration string, and a string without a unit
 is a 400 (`time: missing unit in duration "600"`); a chat/generate for a model that is not
 pulled is a 404 `model "x" not found, try pulling it first`; model names compare
-case-insensitively. In-process via
-`OllamaEmulator.set_fault()`, out-of-process via the test-only endpoint
-`POST /__emulator__/fault` (see `_handle_control`).
+case-insensitively; `"think": true` is a 400 (no emulated model can think), `false` is fine.
 
 Standard library only: the release-archive builder (build_release.py) copies this file as
 `bin/ollama` into a fake Ollama release that a bare Debian host runs with nothing but python3.
@@ -985,6 +985,11 @@ class _Handler(BaseHTTPRequestHandler):
             keep_alive = parse_keep_alive(body.get("keep_alive"))
         except ValueError as exc:
             self._send_json(400, {"error": str(exc)})
+            return
+        # server/routes.go: "think": true on a model without the thinking capability is a 400
+        # (no emulated model has it); "think": false is accepted.
+        if body.get("think") is True:
+            self._send_json(400, {"error": f'"{requested}" does not support thinking'})
             return
         if fault == "busy":
             self._send_json(503, {"error": BUSY_ERROR})

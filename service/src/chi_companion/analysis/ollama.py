@@ -353,7 +353,7 @@ class LoadedModel:
 def _reason(exc: BaseException) -> str:
     """The innermost cause's words, not urllib3's nested reprs."""
     inner: BaseException = exc
-    while True:
+    for _ in range(8):  # requests -> urllib3 -> socket: a few levels, never a loop
         arg = inner.args[0] if inner.args else None
         nxt = getattr(arg, "reason", None) or (arg if isinstance(arg, BaseException) else None)
         if not isinstance(nxt, BaseException) or nxt is inner:

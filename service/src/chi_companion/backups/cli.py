@@ -7,20 +7,17 @@ once). Run them as the service's user, so files they touch keep the right owner.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from ..core.cli_support import AddGroup, config_from
 from ..core.config import BACKUP_TYPES, Config
 from ..core.db import Database
-from ..core.files import fsync_dir
+from ..core.files import copy_atomic
 from . import retention
-from .store import CHUNK, Backup, BackupStore, PruneResult
 from .store import SCHEMA as BACKUP_SCHEMA
+from .store import Backup, BackupStore, PruneResult
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
@@ -146,32 +143,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"directory {dest.parent} does not exist", file=sys.stderr)
         return EXIT_PROBLEM
     source = store.path_of(backup)
-    temp = dest.with_name(f".{dest.name}.restore-{os.getpid()}")
-    digest = hashlib.sha256()
-    size = 0
     try:
-        with open(source, "rb") as src, open(temp, "xb") as out:
-            while chunk := src.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if size != backup.size or digest.hexdigest() != backup.sha256:
-            print(
-                f"backup {backup.id} is damaged: {size} bytes with sha256 {digest.hexdigest()}, "
-                f"the catalog recorded {backup.size} bytes with {backup.sha256}; nothing written",
-                file=sys.stderr,
-            )
-            return EXIT_PROBLEM
-        os.replace(temp, dest)
-        fsync_dir(dest.parent)
+        size, digest = copy_atomic(source, dest, expect=(backup.size, backup.sha256))
     except FileNotFoundError:
         print(f"backup {backup.id}: file {source} is missing", file=sys.stderr)
         return EXIT_PROBLEM
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+    if (size, digest) != (backup.size, backup.sha256):
+        print(
+            f"backup {backup.id} is damaged: {size} bytes with sha256 {digest}, "
+            f"the catalog recorded {backup.size} bytes with {backup.sha256}; nothing written",
+            file=sys.stderr,
+        )
+        return EXIT_PROBLEM
     print(f"restored backup {backup.id} to {dest}: {_human(size)}, sha256 {backup.sha256} verified")
     if backup.name.endswith(".gz"):
         print(f"it is gzip-compressed: gunzip -k {dest}")

@@ -269,8 +269,8 @@ class ReplicationSection:
 
     status_file: str = setting(
         "",
-        "Status file the nas_replication wrapper writes; empty: "
-        "<data_dir>/replication/status.json.",
+        "Status file the nas_replication wrapper writes; empty: replication/status.json "
+        "in server.data_dir.",
         _absolute_or_empty,
     )
     max_age_hours: int | float = setting(

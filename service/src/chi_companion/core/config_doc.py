@@ -24,7 +24,9 @@ def _toml(value: Any) -> str:
 
 
 def _type(hint: Any) -> str:
-    args = getattr(hint, "__args__", None) or (hint,)
+    args = list(getattr(hint, "__args__", None) or (hint,))
+    if int in args and float in args:
+        args.remove(int)  # an integer is a number: "number" says it once
     return " or ".join(TYPE_NAMES.get(a, getattr(a, "__name__", str(a))) for a in args)
 
 

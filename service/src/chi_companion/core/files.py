@@ -44,6 +44,29 @@ def write_atomic(path: Path, payload: bytes, mode: int = 0o640) -> None:
     fsync_dir(path.parent)
 
 
+def copy_atomic(source: Path, dest: Path, expect: tuple[int, str] | None = None) -> tuple[int, str]:
+    """Copy ``source`` to ``dest`` the way ``write_atomic`` writes, hashing on the way, and
+    return the (size, sha256) read. With ``expect`` (size, sha256), a copy that differs is
+    thrown away and ``dest`` is left untouched: the caller compares and reports."""
+    tmp = dest.with_name(f".{dest.name}.copy-{os.getpid()}")
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(source, "rb") as src, open(tmp, "xb") as out:
+            while chunk := src.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if expect is None or expect == (size, digest.hexdigest()):
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size, digest.hexdigest()
+
+
 def sha256_file(path: Path) -> tuple[int, str]:
     """(size in bytes, hex sha256) of a file, opened without following links."""
     digest = hashlib.sha256()
