@@ -207,3 +207,13 @@ def test_backups_page_lists_and_downloads_with_the_session(comp: Companion) -> N
     finally:
         comp.request("DELETE", f"/api/v1/backups/{body['id']}")
     time.sleep(0)
+
+
+def test_sign_in_from_another_origin_is_refused(comp: Companion) -> None:
+    r = requests.post(
+        f"{comp.url}/login",
+        data={"key": comp.key},
+        headers={"Origin": "http://evil.example"},
+        allow_redirects=False,
+    )
+    assert r.status_code == 403 and "Set-Cookie" not in r.headers

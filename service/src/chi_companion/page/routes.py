@@ -52,6 +52,8 @@ def _cookie(value: str, max_age: int) -> str:
 
 def _form() -> dict[str, str]:
     """A small urlencoded form, read within a limit (sign-in, sign-out, analyse)."""
+    if request.environ.get("HTTP_TRANSFER_ENCODING"):
+        raise ApiError(411, "length required", "send the form with a Content-Length")
     ctype = request.environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
     if ctype != "application/x-www-form-urlencoded":
         raise ApiError(415, "unsupported media type", "send the page's form")
@@ -99,13 +101,16 @@ def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> Non
 
         return wrapper
 
-    def state_changing(session: Session) -> dict[str, str]:
-        """The form of a POST, refused without this session's CSRF token or from another
-        origin (SameSite=Strict already keeps the cookie off cross-site posts)."""
+    def same_origin() -> None:
         origin = request.get_header("Origin")
         host = request.get_header("Host")
         if origin and host and origin.split("://", 1)[-1] != host:
             raise ApiError(403, "forbidden", "cross-origin form")
+
+    def state_changing(session: Session) -> dict[str, str]:
+        """The form of a POST, refused without this session's CSRF token or from another
+        origin (SameSite=Strict already keeps the cookie off cross-site posts)."""
+        same_origin()
         form = _form()
         if not sessions.check_csrf(session, form.get("csrf")):
             raise ApiError(403, "forbidden", "missing or wrong CSRF token; reload the page")
@@ -126,6 +131,7 @@ def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> Non
 
     @app.post("/login")
     def login() -> Any:
+        same_origin()  # another site must not sign a visitor in to a session it chose
         principal = keys.lookup(_form().get("key"))
         if principal is None:
             time.sleep(0.5)  # a wrong key costs the guesser time
@@ -173,7 +179,8 @@ def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> Non
         try:
             answer = analysis_routes.submit(ctx.core, ctx.analysis, session.device_id, body)
         except ApiError as exc:
-            return show(session, "Not queued", f'<p class="failed">{esc(exc.detail)}</p>', 409)
+            body = f'<p class="failed">{esc(exc.detail)}</p>'
+            return show(session, "Not queued", body, exc.status_code)
         job_id = json.loads(answer.body)["id"]
         return redirect(f"/devices/{quote(device)}/drives/{drive_id}?queued={job_id}")
 
