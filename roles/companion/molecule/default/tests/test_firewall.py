@@ -33,7 +33,11 @@ def test_filter_survives_nftables(host: Any, outsider: Any, action: str) -> None
     assert result.rc == 0, result.stderr
     # The flush really happened (the host's own table is back), and ours is back too.
     assert host.run("nft list table inet filter").rc == 0
-    table = host.run(f"nft list table {TABLE}")
+    # The filter unit's restart is a job of its own, queued behind nftables' (PartOf=); systemctl
+    # returns when nftables' job is done, so give the filter's job a moment (seen on trixie).
+    table = host.run(
+        f"for i in $(seq 50); do nft list table {TABLE} && exit 0; sleep 0.2; done; exit 1"
+    )
     assert table.rc == 0, f"table gone after `systemctl {action} nftables`: {table.stderr}"
     assert f"tcp dport {PORT}" in table.stdout
     assert host.service(FILTER_UNIT).is_running
