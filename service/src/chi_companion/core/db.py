@@ -8,12 +8,14 @@ not lose them.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 15_000
 
 
@@ -35,11 +37,25 @@ def transaction(conn: sqlite3.Connection, immediate: bool = True) -> Iterator[sq
     conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Undo what is left of the transaction without hiding why it failed.
+
+    On SQLITE_FULL (and a few other errors) SQLite has already rolled back by itself, so a
+    plain ROLLBACK would fail with "no transaction is active" and replace the disk-full
+    error (507) with a generic one (503). A COMMIT that failed leaves the transaction open:
+    it must be rolled back here, or this thread's next BEGIN would fail for good."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        log.warning("rollback after a failed transaction also failed: %s", exc)
 
 
 class Database:

@@ -61,7 +61,7 @@ def to_api_error(exc: DomainError | sqlite3.Error) -> ApiError:
 def transient_db_error(exc: sqlite3.Error) -> ApiError:
     """A database fault is not the client's fault: 503 tells the Pi to retry later."""
     text = str(exc)
-    if "full" in text:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in text:
         log.error("database write failed: disk full")
         return to_api_error(DiskFull())
     log.error("database error: %s", text)
