@@ -41,7 +41,9 @@ def start(make_companion: MakeCompanion, emu: OllamaEmulator, **analysis: Any) -
     # happen before a test makes a job wait, so the test sees the wait it causes.
     deadline = time.monotonic() + 10
     while (
-        comp.request("GET", "/api/v1/health", key=False)[2]["components"]["ollama"]["checkedAt"]
+        comp.request("GET", "/api/v1/health", key=comp.operator_key)[2]["components"]["ollama"][
+            "checkedAt"
+        ]
         is None
     ):
         assert time.monotonic() < deadline, "the Ollama monitor never probed"
@@ -106,7 +108,7 @@ def result_file(comp: Companion, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def health_ollama(comp: Companion) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    status, _, body = comp.request("GET", "/api/v1/health", key=False)
+    status, _, body = comp.request("GET", "/api/v1/health", key=comp.operator_key)
     return status, body, body["components"]["ollama"]
 
 
@@ -213,7 +215,7 @@ def test_requests_are_checked_and_devices_kept_apart(
     status, _, _ = comp.request(
         "GET", f"/api/v1/analyses?deviceId={comp.device}", key=comp.other_key
     )
-    assert status == 403
+    assert status == 404
     status, _, own = comp.request("GET", "/api/v1/analyses", key=comp.other_key)
     assert status == 200 and own["analyses"] == []
     # The operator sees every device.

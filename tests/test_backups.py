@@ -356,7 +356,7 @@ def test_listing_is_newest_first_and_filters(companion: Companion) -> None:
 
 
 def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
-    _, _, health = companion.request("GET", f"{API}/health", key=False)
+    _, _, health = companion.request("GET", f"{API}/health", key=companion.operator_key)
     component = health["components"]["backups"]
     assert component["devices"][companion.device] == {
         "newestAt": None,
@@ -366,7 +366,7 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
     put(companion, "a.db", b"1")
     status, _, body = put(companion, "b.log", b"2", btype="logs")
     assert status == 201
-    _, _, health = companion.request("GET", f"{API}/health", key=False)
+    _, _, health = companion.request("GET", f"{API}/health", key=companion.operator_key)
     component = health["components"]["backups"]
     assert component["status"] == "ok"
     assert component["freeBytes"] > 0
@@ -475,7 +475,7 @@ def test_min_free_space_refuses_before_writing(make_companion: Callable[..., Com
     assert status == 507 and body["error"] == "insufficient storage", body
     assert hdr(headers, "Retry-After")
     assert tree(comp) == [] and catalog(comp) == []
-    _, _, health = comp.request("GET", f"{API}/health", key=False)
+    _, _, health = comp.request("GET", f"{API}/health", key=comp.operator_key)
     assert health["components"]["backups"]["status"] == "degraded"
     assert health["status"] == "degraded"
 
@@ -504,13 +504,13 @@ def test_device_key_cannot_delete_or_overwrite(companion: Companion) -> None:
     assert companion.request("GET", f"{API}/backups/{one['id']}")[2] == first
     assert len(catalog(companion)) == 3
 
-    # Other devices can neither read nor list it.
-    assert companion.request("GET", f"{API}/backups/{one['id']}", key=companion.other_key)[0] == 403
+    # Other devices can neither read nor list it: 404, as if it did not exist.
+    assert companion.request("GET", f"{API}/backups/{one['id']}", key=companion.other_key)[0] == 404
     assert (
         companion.request(
             "GET", f"{API}/backups?deviceId={companion.device}", key=companion.other_key
         )[0]
-        == 403
+        == 404
     )
 
     # The operator can delete: file and row go together.

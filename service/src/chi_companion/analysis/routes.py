@@ -295,9 +295,9 @@ def routes(app: Bottle, ctx: Core, svc: AnalysisService) -> None:
         principal = ctx.keys.authenticate()
         device_id = query_device_id() or principal.device_id
         if device_id is not None:
+            principal.require_visible(device_id)
             if device_id not in ctx.config.devices:
                 raise UnknownDevice(device_id)
-            principal.require_device(device_id)
         drive_id = query_int("driveId")
         status = query_choice("status", STATUSES)
         limit = query_int("limit", 1, MAX_LIST) or DEFAULT_LIST

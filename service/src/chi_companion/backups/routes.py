@@ -28,7 +28,15 @@ from ..core.context import Core
 from ..core.errors import DiskFull, DomainError, NotFound, UnknownDevice
 from ..core.files import is_disk_full
 from ..core.http_errors import to_api_error
-from ..core.http_json import API, ApiError, Body, content_length, declared_length, json_response
+from ..core.http_json import (
+    API,
+    ApiError,
+    Body,
+    content_length,
+    declared_length,
+    header,
+    json_response,
+)
 from ..core.params import query_choice, query_device_id
 from .store import (
     CHUNK,
@@ -164,7 +172,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             _device_for_write(principal, device_id, ctx)
             check_type(backup_type)
             stem, ext = split_client_name(filename)
-            expected = check_sha256(request.get_header("X-Content-SHA256"))
+            expected = check_sha256(header("X-Content-SHA256"))
             attempt.body = body = UploadBody(content_length(store.max_upload_bytes))
             store.check_space(body.length)
             attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
@@ -192,7 +200,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             form = _MultipartForm(ctx, store, principal)
             attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
-            header_sha = check_sha256(request.get_header("X-Content-SHA256"))
+            header_sha = check_sha256(header("X-Content-SHA256"))
             field_sha = check_sha256(form.fields.get("sha256"))
             if header_sha and field_sha and header_sha != field_sha:
                 raise ApiError(400, "bad sha256", "the sha256 field and header disagree")
@@ -207,7 +215,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
         device_id = query_device_id() or principal.device_id
         backup_type = query_choice("type", BACKUP_TYPES)
         if device_id is not None:
-            principal.require_device(device_id)
+            principal.require_visible(device_id)
         backups = store.list(device_id, backup_type)
         return json_response(200, {"backups": [b.as_json() for b in backups]})
 
@@ -215,7 +223,9 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
         backup = store.get(backup_id)
         if backup is None:
             raise NotFound(f"no backup with id {backup_id}")
-        principal.require_device(backup.device_id)
+        if not principal.may_access(backup.device_id):
+            # Like a missing one: ids are sequential and must not reveal other devices' data.
+            raise NotFound(f"no backup with id {backup_id}")
         return backup
 
     def download(backup_id: int) -> HTTPResponse:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from bottle import request
-
-from .http_json import ApiError
+from .errors import NotFound
+from .http_json import ApiError, header
 
 OPERATOR = "operator"
 
@@ -28,6 +27,12 @@ class Principal:
 
     def may_access(self, device_id: str) -> bool:
         return self.is_operator or self.device_id == device_id
+
+    def require_visible(self, device_id: str) -> None:
+        """For reads: another device's data answers 404 like data that does not exist, so a
+        key cannot learn which devices, backups or analyses exist beyond its own."""
+        if not self.may_access(device_id):
+            raise NotFound(f"no device {device_id[:64]!r} is configured", "unknown device")
 
     def require_device(self, device_id: str) -> None:
         if not self.may_access(device_id):
@@ -58,7 +63,7 @@ class KeyRing:
         return found
 
     def authenticate(self) -> Principal:
-        principal = self.lookup(request.get_header("X-API-Key"))
+        principal = self.lookup(header("X-API-Key"))
         if principal is None:
             raise ApiError(
                 401,
