@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import sqlite3
-import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,9 @@ from chi_companion.core.http_errors import to_api_error
 from chi_companion.sync.request import validate
 from chi_companion.sync.store import SCHEMA, SyncStore
 
+from tests.companion_process import Companion
 from tests.sync_payloads import realtime_rows, sync_body
+from tests.tmpfs import mounted_tmpfs
 
 
 def _full_database(tmp_path: Path) -> tuple[Database, sqlite3.Connection]:
@@ -63,17 +67,8 @@ def test_a_failed_commit_does_not_leave_the_transaction_open(tmp_path: Path) -> 
 
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs: a disk that really fills. Mounting needs root (the CI and the rig
-    run as root); elsewhere the test is reported as skipped, never as passed."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_really_full_disk_during_sync_is_507(tiny_tmpfs: Path) -> None:
@@ -93,3 +88,53 @@ def test_a_really_full_disk_during_sync_is_507(tiny_tmpfs: Path) -> None:
     assert not conn.in_transaction
     assert conn.execute("SELECT count(*) FROM synced_rows").fetchone()[0] == 0
     db.close_all()
+
+
+# ------------------------------------------------- item 4: in-flight uploads reserve room
+
+UPLOAD = 12 * 1024 * 1024
+
+
+def _start_upload(port: int, key: str, device: str, n: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    head = (
+        f"PUT /api/v1/backups/{device}/database/obd{n}.db HTTP/1.1\r\nHost: chi-srv-01\r\n"
+        f"X-API-Key: {key}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {UPLOAD}\r\nConnection: close\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"x")
+    return sock
+
+
+def _finish_upload(sock: socket.socket) -> int:
+    # Refused before the body: the server may close early; its answer is already waiting.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        sock.sendall(b"x" * (UPLOAD - 1))
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    sock.close()
+    return int(reply.split(b" ", 2)[1])
+
+
+@pytest.mark.slow(seconds=8)
+def test_three_concurrent_uploads_against_room_for_two(tmp_path: Path) -> None:
+    with mounted_tmpfs(tmp_path / "disk", "64m") as disk:
+        # About 62 MiB free once the server has started: room for two 12 MiB uploads above
+        # the minimum (62 - 24 = 38 > 32), not three (62 - 36 = 26 < 32).
+        comp = Companion(disk, {"backups": {"min_free_bytes": 32 * 1024 * 1024}}).start()
+        try:
+            # All three are in flight (headers read, space checked) before any body arrives.
+            socks = [_start_upload(comp.port, comp.key, comp.device, n) for n in range(3)]
+            time.sleep(1.0)
+            statuses = sorted(_finish_upload(s) for s in socks)
+            assert statuses == [201, 201, 507], statuses
+            status, _, body = comp.request("GET", "/api/v1/backups")
+            assert status == 200 and len(body["backups"]) == 2
+            st = os.statvfs(comp.data_dir)
+            assert st.f_bavail * st.f_frsize >= 32 * 1024 * 1024
+        finally:
+            comp.stop()

@@ -42,6 +42,7 @@ from .store import (
     CHUNK,
     Backup,
     BackupStore,
+    Reservation,
     Upload,
     check_device_id,
     check_sha256,
@@ -128,11 +129,16 @@ class _Attempt:
     def __init__(self) -> None:
         self.body: UploadBody | None = None
         self.upload: Upload | None = None
+        self.reservation: Reservation | None = None
 
     def abort(self) -> None:
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
+        if self.reservation is not None:
+            # Stored (now counted in the free space) or refused: the claim ends either way.
+            self.reservation.release()
+            self.reservation = None
 
 
 def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
@@ -174,8 +180,9 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             stem, ext = split_client_name(filename)
             expected = check_sha256(header("X-Content-SHA256"))
             attempt.body = body = UploadBody(content_length(store.max_upload_bytes))
-            store.check_space(body.length)
+            attempt.reservation = reservation = store.reserve(body.length)
             attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
+            reservation.upload = upload
             while chunk := body.read():
                 upload.write(chunk)
             return upload.commit(device_id, backup_type, stem, ext, expected)
@@ -196,7 +203,9 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             attempt.body = body = UploadBody(
                 content_length(store.max_upload_bytes + MULTIPART_OVERHEAD)
             )
-            store.check_space(body.length)
+            # Counts the whole body until the form's file is stored: a little more than the
+            # file itself, the safe side.
+            attempt.reservation = store.reserve(body.length)
             form = _MultipartForm(ctx, store, principal)
             attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
