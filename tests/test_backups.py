@@ -697,27 +697,31 @@ def test_full_filesystem_gives_507_and_leaves_nothing(small_fs: Companion) -> No
 
 
 def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
-    """Two uploads that each fit, but not together: both pass the free-space check, then
-    the disk fills up under them. ENOSPC while writing must be a 507 with nothing left."""
+    """Two uploads that both pass the free-space check (their room is reserved), then
+    something else fills the disk under them. ENOSPC while writing must be a 507 with
+    nothing left."""
     comp = small_fs
     st = os.statvfs(comp.data_dir)
-    each = int(st.f_bavail * st.f_frsize * 0.6)
+    each = int(st.f_bavail * st.f_frsize * 0.4)
     socks = [_open_put(comp, f"half{i}.db", each) for i in range(2)]
+    filler = comp.data_dir / "filler"
     try:
         for sock in socks:
             _send(sock, MiB)
         # Two temp files: both requests are past the free-space check and writing.
         _wait_for(lambda: len(_temp_files(comp)) == 2, "both uploads to start writing")
-        # The first finishes while there is room; the second then runs out of disk.
-        results = []
-        for sock in socks:
-            _send(sock, each - MiB)
-            results.append(_read_response(sock))
+        _send(socks[0], each - MiB)
+        first_status, first = _read_response(socks[0])
+        # Another writer on the same disk (not an upload) takes what is left.
+        free = os.statvfs(comp.data_dir).f_bavail * os.statvfs(comp.data_dir).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - MiB // 2))
+        _send(socks[1], each - MiB)
+        second_status, second = _read_response(socks[1])
     finally:
         for sock in socks:
             sock.close()
-    (first_status, first), (second_status, second) = results
-    assert (first_status, second_status) == (201, 507), results
+        filler.unlink(missing_ok=True)
+    assert (first_status, second_status) == (201, 507), (first, second)
     assert first["size"] == each
     assert second["detail"] == "the server's disk is full; retry later"  # not the pre-check
     assert _temp_files(comp) == []
