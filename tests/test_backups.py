@@ -385,7 +385,10 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Companion]:
     """One server for the refusal table; every case must leave its backups/ tree empty."""
     base = tmp_path_factory.mktemp("strict")
-    comp = Companion(base, {"backups": {"max_upload_bytes": 4096, "min_free_bytes": 0}}).start()
+    # Every refused attempt counts against the device's upload rate too; the table is about
+    # the refusals, so the burst is set out of its way (test_hostile_service tests the 429).
+    limits = {"max_upload_bytes": 4096, "min_free_bytes": 0, "upload_burst": 1000}
+    comp = Companion(base, {"backups": limits}).start()
     yield comp
     comp.stop()
 
@@ -731,20 +734,25 @@ def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
 # ---------------------------------------------------------------------------- retention
 
 
-def test_retention_applies_after_each_upload(make_companion: Callable[..., Companion]) -> None:
+def test_uploads_never_remove_a_backup(make_companion: Callable[..., Companion]) -> None:
+    # Even under a policy that keeps only the last 2 and no keep_within: an upload stores,
+    # it never prunes (issue 15: a stolen key flushed good backups with junk uploads).
     comp = make_companion(
-        backups={"min_free_bytes": 0}, **{"backups.retention.logs": {"keep_last": 2}}
+        backups={"min_free_bytes": 0, "keep_within_days": 0},
+        **{"backups.retention.logs": {"keep_last": 2}},
     )
     ids = []
     for i in range(4):
         status, _, body = put(comp, f"app{i}.log", f"log {i}".encode(), btype="logs")
         assert status == 201
         ids.append(body["id"])
+    assert sorted(b["id"] for b in catalog(comp)) == ids
+    assert tree(comp) == catalog_paths(comp)
+    # The operator's prune applies the policy.
+    result = cli(comp, "prune")
+    assert result.returncode == 0, result.stderr
     assert [b["id"] for b in catalog(comp)] == [ids[3], ids[2]]
     assert tree(comp) == catalog_paths(comp)
-    # Other types are governed by their own (default) policy and untouched.
-    status, _, _ = put(comp, "obd.db", b"db")
-    assert status == 201 and len(catalog(comp)) == 3
 
 
 @pytest.mark.slow(seconds=20)
@@ -775,6 +783,12 @@ def test_cli_list_prune_verify_restore(
     # A stricter policy, by command: --dry-run prints and deletes nothing.
     with comp.config_path.open("a") as fh:
         fh.write("\n[backups.retention.database]\nkeep_last = 1\n")
+    # All three arrived seconds ago: under the default keep_within (7 days) nothing goes.
+    kept_all = cli(comp, "prune")
+    assert kept_all.returncode == 0 and "0 removed" in kept_all.stdout, kept_all.stdout
+    assert len(catalog(comp)) == 3
+    text = comp.config_path.read_text()
+    comp.config_path.write_text(text.replace("[backups]\n", "[backups]\nkeep_within_days = 0\n"))
     dry = cli(comp, "prune", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would remove") == 2 and "(last)" in dry.stdout

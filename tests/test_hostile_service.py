@@ -7,6 +7,8 @@ import json
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -260,3 +262,49 @@ def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
     assert "Traceback" not in companion.log()
     status, _, _ = companion.request("GET", "/api/v1/health")
     assert status == 200, statuses
+
+
+# ---------------------------------------------------- item 3: append-only for real
+
+
+@pytest.mark.slow(seconds=10)
+def test_junk_uploads_with_a_stolen_key_cannot_flush_a_good_backup(
+    make_companion: MakeCompanion,
+) -> None:
+    comp = make_companion(
+        backups={"min_free_bytes": 0}, **{"backups.retention.config": {"keep_last": 1}}
+    )
+    path = f"/api/v1/backups/{comp.device}/config/settings.json"
+    headers = {"Content-Type": "application/octet-stream"}
+    good = b'{"good": true}\n'
+    status, _, first = comp.request("PUT", path, raw=good, headers=headers)
+    assert status == 201, first
+    answers = [
+        comp.request("PUT", path, raw=f"junk {i}".encode(), headers=headers) for i in range(20)
+    ]
+    statuses = [a[0] for a in answers]
+    # The burst (10 by default, the good one included) passes, then 429 with Retry-After.
+    assert statuses.count(201) == 9 and statuses.count(429) == 11, statuses
+    refused = next(a for a in answers if a[0] == 429)
+    assert int(refused[1]["Retry-After"]) > 0 and refused[2]["error"] == "too many requests"
+    status, _, body = comp.request("GET", f"/api/v1/backups/{first['id']}")
+    assert status == 200 and body == good
+    # Nor can the operator's prune (keep_last = 1) remove it: it is within keep_within (7 d).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chi_companion",
+            "backups",
+            "prune",
+            "--config",
+            str(comp.config_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status, _, body = comp.request("GET", f"/api/v1/backups/{first['id']}")
+    assert status == 200 and body == good

@@ -38,6 +38,7 @@ from ..core.http_json import (
     json_response,
 )
 from ..core.params import query_choice, query_device_id
+from ..core.ratelimit import RateLimit
 from .store import (
     CHUNK,
     Backup,
@@ -114,15 +115,6 @@ def _created(backup_json: dict[str, Any], api: str) -> HTTPResponse:
     return json_response(201, backup_json, headers={"Location": location})
 
 
-def _retain(store: BackupStore, device_id: str, backup_type: str) -> None:
-    """Apply retention after the new backup is durable and catalogued. A failure here must
-    not turn a stored backup into an error answer: the Pi would upload it again."""
-    try:
-        store.prune(device_id, backup_type)
-    except Exception:
-        log.exception("retention for %s/%s failed", device_id, backup_type)
-
-
 class _Attempt:
     """What an upload has opened so far: the body being read and the temp file."""
 
@@ -142,6 +134,10 @@ class _Attempt:
 
 
 def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
+    uploads = RateLimit(
+        "backup uploads", ctx.config.backups.uploads_per_hour, ctx.config.backups.upload_burst
+    )
+
     def to_api(exc: DomainError | ApiError | sqlite3.Error | OSError) -> ApiError:
         if isinstance(exc, DomainError | sqlite3.Error):
             return to_api_error(exc)
@@ -169,13 +165,15 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             raise _refuse(to_api(exc), attempt.body) from None
         finally:
             attempt.abort()
-        _retain(store, backup.device_id, backup.type)
+        # No retention here: a device request never removes a backup (a stolen key could
+        # flush every good one with junk). `chi-companion backups prune` applies it.
         return _created(backup.as_json(), API)
 
     def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
         def steps(attempt: _Attempt) -> Backup:
             principal = ctx.keys.authenticate()
             _device_for_write(principal, device_id, ctx)
+            uploads.take(device_id)
             check_type(backup_type)
             stem, ext = split_client_name(filename)
             expected = check_sha256(header("X-Content-SHA256"))
@@ -206,7 +204,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             # Counts the whole body until the form's file is stored: a little more than the
             # file itself, the safe side.
             attempt.reservation = store.reserve(body.length)
-            form = _MultipartForm(ctx, store, principal)
+            form = _MultipartForm(ctx, store, principal, uploads)
             attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
             header_sha = check_sha256(header("X-Content-SHA256"))
@@ -297,8 +295,11 @@ class _MultipartForm:
     filesystem, so the final link is still atomic and nothing is written twice).
     """
 
-    def __init__(self, ctx: Core, store: BackupStore, principal: Principal) -> None:
+    def __init__(
+        self, ctx: Core, store: BackupStore, principal: Principal, uploads: RateLimit
+    ) -> None:
         self.ctx = ctx
+        self.uploads = uploads
         self.store = store
         self.principal = principal
         self.fields: dict[str, str] = {}
@@ -320,6 +321,7 @@ class _MultipartForm:
         try:
             if name == "deviceId":
                 _device_for_write(self.principal, value, self.ctx)
+                self.uploads.take(value)
             elif name == "type":
                 check_type(value)
         except DomainError as exc:

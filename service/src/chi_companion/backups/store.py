@@ -27,7 +27,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -347,13 +347,15 @@ class BackupStore:
         max_upload_bytes: int,
         min_free_bytes: int,
         policies: dict[str, dict[str, int]],
+        keep_within: timedelta | None = None,
     ) -> None:
         self.root = data_dir / "backups"
         self.db = db
         self.max_upload_bytes = max_upload_bytes
         self.min_free_bytes = min_free_bytes
         self.policies = policies
-        # One prune at a time: two concurrent uploads of one device would otherwise both
+        self.keep_within = keep_within
+        # One prune at a time (per process): two prunes of one device would otherwise both
         # decide from the same listing and race to delete the same files.
         self._prune_lock = threading.Lock()
         self._space_lock = threading.Lock()
@@ -367,6 +369,7 @@ class BackupStore:
             config.backups.max_upload_bytes,
             config.backups.min_free_bytes,
             config.retention,
+            timedelta(days=config.backups.keep_within_days),
         )
 
     # -- paths and space
@@ -523,7 +526,9 @@ class BackupStore:
         backups = self.list(device_id, backup_type)
         policy = self.policy_for(backup_type)
         by_id = {b.id: b for b in backups}
-        decisions = retention.apply_policy(((b.id, b.received) for b in backups), policy)
+        decisions = retention.apply_policy(
+            ((b.id, b.received) for b in backups), policy, self.keep_within
+        )
         return PruneResult(device_id, backup_type, policy, [(by_id[d.key], d) for d in decisions])
 
     def prune(self, device_id: str, backup_type: str, dry_run: bool = False) -> PruneResult:

@@ -214,6 +214,23 @@ class BackupsSection:
         "reports degraded below it.",
         _non_negative,
     )
+    keep_within_days: int | float = setting(
+        7,
+        "Retention (`chi-companion backups prune`) never removes a backup received within this "
+        "many days of the newest backup of its device and type (restic's --keep-within), "
+        "whatever the keep_* rules say: a stolen device key cannot flush recent good backups "
+        "with junk uploads. Uploads never remove anything.",
+        _non_negative,
+    )
+    uploads_per_hour: int | float = setting(
+        12,
+        "Backup uploads each device may make per hour on average; beyond its burst an upload "
+        "is refused with 429 and Retry-After.",
+        _positive,
+    )
+    upload_burst: int = setting(
+        10, "Uploads a device may make at once before uploads_per_hour applies.", _positive
+    )
 
 
 @dataclass(frozen=True)
