@@ -85,6 +85,10 @@ def _positive(v: int | float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
 
+def _share(v: int | float) -> str | None:
+    return None if 0 < v <= 1 else "must be more than 0 and at most 1"
+
+
 def _non_negative(v: int | float) -> str | None:
     return None if v >= 0 else "must be 0 or greater"
 
@@ -277,6 +281,18 @@ class AnalysisSection:
     )
     max_queue: int = setting(
         100, "Queued and running analyses at most; past it POST /analyze answers 429.", _positive
+    )
+    device_queue_share: int | float = setting(
+        0.5,
+        "Share of analysis.max_queue one device may hold (at least 1 job): past it that "
+        "device's POST /analyze answers 429, so one key cannot fill the queue for all.",
+        _share,
+    )
+    max_inline_body_bytes: int = setting(
+        1024**2,
+        "Largest POST /analyze body with inline rows (their digest is built in the request); "
+        "bigger is refused with 413. Sync the rows and analyse the drive instead.",
+        _positive,
     )
 
 
