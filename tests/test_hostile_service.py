@@ -3,8 +3,11 @@ poison the derived data, kill a background thread, or learn what other devices h
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -308,3 +311,77 @@ def test_junk_uploads_with_a_stolen_key_cannot_flush_a_good_backup(
     assert result.returncode == 0, result.stderr
     status, _, body = comp.request("GET", f"/api/v1/backups/{first['id']}")
     assert status == 200 and body == good
+
+
+# ------------------------------------------------------------------- item 8: keys
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _set_device_keys(comp: Companion, digests: list[str]) -> None:
+    """Replace the device's key in clear by api_key_sha256 (what a real config holds)."""
+    text = comp.config_path.read_text()
+    plain = f'api_key = "{comp.key}"'
+    if plain in text:
+        text = text.replace(plain, "api_key_sha256 = []")
+    start = text.index(f"[devices.{comp.device}]")
+    line_start = text.index("api_key_sha256 = ", start)
+    line_end = text.index("\n", line_start)
+    text = text[:line_start] + f"api_key_sha256 = {json.dumps(digests)}" + text[line_end:]
+    comp.config_path.write_text(text)
+
+
+def _ping(comp: Companion, key: str) -> int:
+    return comp.request("GET", "/api/v1/ping", key=key)[0]
+
+
+@pytest.mark.slow(seconds=15)
+def test_hashed_keys_rotate_with_two_keys_and_sighup(make_companion: MakeCompanion) -> None:
+    comp = make_companion(start=False)
+    old, new = comp.key, secrets.token_urlsafe(32)
+    _set_device_keys(comp, [_digest(old)])
+    comp.start()
+    # Keys in clear still work, with a warning naming the line to use; digests give none.
+    assert f"devices.{comp.other_device}.api_key: the key is stored in clear" in comp.log()
+    assert f"devices.{comp.device}.api_key" not in comp.log()
+    assert _ping(comp, old) == 200 and _ping(comp, new) == 401
+    # Rotation step 1: both keys, reloaded on SIGHUP without stopping the service.
+    _set_device_keys(comp, [_digest(old), _digest(new)])
+    assert comp.proc is not None
+    master = comp.proc.pid
+    comp.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while _ping(comp, new) != 200:
+        assert time.monotonic() < deadline, "the new key never worked after SIGHUP"
+        time.sleep(0.2)
+    assert _ping(comp, old) == 200
+    # Step 2, once the Pi uses the new key: the old one goes.
+    _set_device_keys(comp, [_digest(new)])
+    comp.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 15
+    while _ping(comp, old) != 401:
+        assert time.monotonic() < deadline, "the old key still worked after SIGHUP"
+        time.sleep(0.2)
+    assert _ping(comp, new) == 200
+    assert comp.proc.poll() is None and comp.proc.pid == master  # never restarted
+    # A broken config on reload is refused; the running keys stay.
+    comp.config_path.write_text(comp.config_path.read_text() + "\n[nonsense\n")
+    comp.proc.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    assert _ping(comp, new) == 200
+    assert "reload refused" in comp.log()
+
+
+def test_gen_key_prints_the_key_and_its_digest_line() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "chi_companion", "gen-key"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    key = result.stdout.strip()
+    assert len(key) >= 43
+    assert f'api_key_sha256 = "{_digest(key)}"' in result.stderr

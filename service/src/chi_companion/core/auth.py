@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from .config import key_digest
 from .errors import NotFound
 from .http_json import ApiError, header
 
@@ -44,21 +45,27 @@ class Principal:
 
 
 class KeyRing:
-    def __init__(self, devices: dict[str, str], operator_key: str = "") -> None:
+    """Compares the SHA-256 of a presented key with the configured digests: the config
+    holds no usable key, and two digests per device allow a rotation without downtime."""
+
+    def __init__(
+        self, devices: dict[str, tuple[str, ...]], operator_digests: tuple[str, ...] = ()
+    ) -> None:
         self._entries: list[tuple[bytes, Principal]] = [
-            (key.encode(), Principal(device)) for device, key in devices.items()
+            (bytes.fromhex(digest), Principal(device))
+            for device, digests in devices.items()
+            for digest in digests
         ]
-        if operator_key:
-            self._entries.append((operator_key.encode(), Principal(None)))
+        self._entries += [(bytes.fromhex(d), Principal(None)) for d in operator_digests]
 
     def lookup(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
-        candidate = presented.encode("utf-8", "surrogateescape")
+        candidate = bytes.fromhex(key_digest(presented))
         found: Principal | None = None
-        for key, principal in self._entries:
+        for digest, principal in self._entries:
             # No early exit: every key is compared whatever matched.
-            if hmac.compare_digest(key, candidate):
+            if hmac.compare_digest(digest, candidate):
                 found = principal
         return found
 

@@ -27,5 +27,5 @@ class Core:
         return cls(
             config=config,
             db=Database(config.db_path),
-            keys=KeyRing(config.devices, config.operator.api_key),
+            keys=KeyRing(config.devices, config.operator_digests),
         )
