@@ -8,7 +8,7 @@ RUN_VENV ?= .venv-run
 RUN_BIN := $(RUN_VENV)/bin
 PYTHON ?= python3
 
-.PHONY: help venv run test lint pytest deps-min soak molecule bench fuzz-long clean
+.PHONY: help venv run test lint pytest deps-min soak molecule bench fuzz-long screenshots clean
 
 help:
 	@echo "make run       set up $(RUN_VENV) (service + runtime deps only) and start the companion on 127.0.0.1:8000 (data in $(DEV_DIR)/)"
@@ -20,6 +20,7 @@ help:
 	@echo "make soak      60 s mixed-load soak (SOAK_SECONDS=600 for the full run)"
 	@echo "make bench     benchmarks under bench/"
 	@echo "make fuzz-long schemathesis with 500 examples per operation"
+	@echo "make screenshots  docs/images/*.png of the status page on demo data (needs chromium, chromium-driver)"
 
 venv: $(VENV)/.installed
 
@@ -42,7 +43,7 @@ run: $(RUN_VENV)/.installed
 	@echo "dev API key (device chi-eclipse-01): $$(sed -n 's/^api_key = "\(.*\)"/\1/p' $(DEV_DIR)/companion.toml | head -1)"
 	$(RUN_BIN)/chi-companion serve --config $(DEV_DIR)/companion.toml
 
-test: lint pytest soak molecule
+test: lint pytest deps-min soak molecule
 
 lint: venv
 	$(BIN)/ruff check .
@@ -80,6 +81,11 @@ bench: venv
 	$(BIN)/python bench/sync_ingest.py
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/analysis.py
+	$(BIN)/python bench/drive_page.py
+
+# The README's pictures of the status page, from demo data, in the browser the tests use.
+screenshots: venv
+	$(BIN)/python tests/demo_screenshots.py
 
 # Many more generated cases per operation than CI's default of 25.
 fuzz-long: venv

@@ -55,9 +55,15 @@ def spec_operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
     }
 
 
+def is_page_route(path: str) -> bool:
+    """The status page's HTML routes: for browsers, not the API; listed in api-reference.md."""
+    return not path.startswith("/api/v1/") and path != "/metrics"
+
+
 def test_every_route_is_in_the_spec_and_back(tmp_path: Path) -> None:
     spec = load_spec()
-    in_app, in_spec = app_routes(tmp_path), spec_operations(spec)
+    in_app = {(m, p) for m, p in app_routes(tmp_path) if not is_page_route(p)}
+    in_spec = spec_operations(spec)
     assert in_app - in_spec == set(), "routes missing from docs/openapi.yaml"
     assert in_spec - in_app == set(), "documented operations the app does not have"
 
@@ -129,11 +135,20 @@ def test_every_documented_example_validates() -> None:
     assert checked >= 10
 
 
+def test_prose_reference_lists_exactly_the_page_routes(tmp_path: Path) -> None:
+    pages = {(m, p) for m, p in app_routes(tmp_path) if is_page_route(p)}
+    listed = {
+        (m.lower(), normalise(p))
+        for m, p in re.findall(r"^\| ([A-Z]+) \| `(/[^`]*)` \|", REFERENCE.read_text(), re.M)
+    }
+    assert pages and pages == listed
+
+
 def test_prose_reference_covers_exactly_the_spec() -> None:
     spec = load_spec()
     documented = {
         (m.lower(), normalise(p))
-        for m, p in re.findall(r"^### ([A-Z]+) (/api/v1/\S+)", REFERENCE.read_text(), re.M)
+        for m, p in re.findall(r"^### ([A-Z]+) (/api/v1/\S+|/metrics)", REFERENCE.read_text(), re.M)
     }
     # HEAD is described together with its GET.
     wanted = {(m, p) for m, p in spec_operations(spec) if m != "head"}

@@ -3,9 +3,13 @@
 # (roles/<role>/molecule/default, from roles/<role>), then the site scenario (molecule/default,
 # from the repository root). Prints each scenario's wall time; exits non-zero if any failed.
 #
+# Every scenario runs on Debian 13 (trixie, the real server's OS); the companion scenario runs
+# on Debian 12 (bookworm, still supported) as well. A run is NAME or NAME@DISTRO.
+#
 # Usage (as root; `make molecule` does this with .venv/bin on PATH):
-#   tests/molecule_rig/run-scenarios.sh                 all scenarios
-#   tests/molecule_rig/run-scenarios.sh companion site  only these (role names, "site")
+#   tests/molecule_rig/run-scenarios.sh                 the whole matrix (what CI runs)
+#   tests/molecule_rig/run-scenarios.sh companion site  only these, on $MOLECULE_DISTRO (trixie)
+#   tests/molecule_rig/run-scenarios.sh companion@bookworm
 #   FAIL_FAST=1 tests/molecule_rig/run-scenarios.sh     stop at the first failure
 set -uo pipefail
 
@@ -40,30 +44,54 @@ if [[ -f $REPO/molecule/default/molecule.yml ]]; then
     ORDER+=(site)
 fi
 
+DEFAULT_DISTRO="${MOLECULE_DISTRO:-trixie}"
+RUNS=()
 if [[ $# -gt 0 ]]; then
-    for name in "$@"; do
-        [[ -n ${DIRS[$name]:-} ]] || { echo "run-scenarios: no scenario '$name' (have: ${ORDER[*]})" >&2; exit 2; }
+    for run in "$@"; do
+        [[ $run == *@* ]] || run="$run@$DEFAULT_DISTRO"
+        RUNS+=("$run")
     done
-    ORDER=("$@")
+else
+    for name in "${ORDER[@]}"; do
+        RUNS+=("$name@trixie")
+    done
+    # Debian 12 stays supported: the companion (Python 3.11) there too.
+    [[ -n ${DIRS[companion]:-} ]] && RUNS+=("companion@bookworm")
 fi
+for run in "${RUNS[@]}"; do
+    name="${run%@*}" distro="${run#*@}"
+    [[ -n ${DIRS[$name]:-} ]] || { echo "run-scenarios: no scenario '$name' (have: ${ORDER[*]})" >&2; exit 2; }
+    [[ $distro == trixie || $distro == bookworm ]] || { echo "run-scenarios: unknown distro '$distro' (trixie, bookworm)" >&2; exit 2; }
+done
 
-# Build the shared image up front so its one-off cost is not billed to the first scenario.
-started=$SECONDS
-"$RIG_DIR/build-image.sh" >/dev/null || { echo "run-scenarios: image build failed" >&2; exit 1; }
-summary=("$(printf '%-16s %-6s %5ss' image ok $((SECONDS - started)))")
+# Build the images up front so their one-off cost is not billed to the first scenario.
+summary=()
+for distro in $(printf '%s\n' "${RUNS[@]#*@}" | sort -u); do
+    started=$SECONDS
+    MOLECULE_DISTRO="$distro" "$RIG_DIR/build-image.sh" >/dev/null || { echo "run-scenarios: $distro image build failed" >&2; exit 1; }
+    summary+=("$(printf '%-26s %-6s %5ss' "image@$distro" ok $((SECONDS - started)))")
+done
+
+# Molecule names a scenario's ephemeral directory (instance config, SSH key, the companion's
+# service/ snapshot) after the basename of the directory it runs in: roles/companion of two
+# checkouts would share ~/.ansible/tmp/molecule.<hash of "companion">.default and wreck each
+# other's runs. Give each checkout and run its own.
+EPHEMERAL_ROOT="${HOME:-/root}/.ansible/tmp/chi-molecule-$(printf '%s' "$REPO" | sha256sum | cut -c1-12)"
 
 failed=0
-for name in "${ORDER[@]}"; do
+for run in "${RUNS[@]}"; do
+    name="${run%@*}" distro="${run#*@}"
     echo
-    echo "=== run-scenarios: $name (molecule test in ${DIRS[$name]#"$REPO"/}) ==="
+    echo "=== run-scenarios: $run (molecule test in ${DIRS[$name]#"$REPO"/}, Debian $distro) ==="
     started=$SECONDS
-    (cd "${DIRS[$name]}" && molecule test)
+    (cd "${DIRS[$name]}" && MOLECULE_DISTRO="$distro" \
+        MOLECULE_EPHEMERAL_DIRECTORY="$EPHEMERAL_ROOT/$name-$distro" molecule test)
     rc=$?
     took=$((SECONDS - started))
     if [[ $rc -eq 0 ]]; then
-        summary+=("$(printf '%-16s %-6s %5ss' "$name" ok "$took")")
+        summary+=("$(printf '%-26s %-6s %5ss' "$run" ok "$took")")
     else
-        summary+=("$(printf '%-16s %-6s %5ss  (exit %s)' "$name" FAILED "$took" "$rc")")
+        summary+=("$(printf '%-26s %-6s %5ss  (exit %s)' "$run" FAILED "$took" "$rc")")
         failed=1
         if [[ ${FAIL_FAST:-0} == 1 ]]; then
             break

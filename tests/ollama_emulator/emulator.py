@@ -53,6 +53,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -231,6 +232,48 @@ def parse_go_duration(text: str) -> float:
         total += float(match.group(1)) * _GO_UNITS[match.group(2)]
         pos = match.end()
     return sign * total
+
+
+# Ollama refuses CUDA devices whose driver is older than this major version
+# (its GPU docs: "driver version 550 and newer"; discover/cuda_compat.go).
+GPU_MIN_DRIVER = 550
+
+
+def gpu_offload_bytes(model_size: int) -> int:
+    """Bytes of a model Ollama would place in GPU memory on this machine: 0 (CPU) or all of it.
+
+    Decided as Ollama decides at load time, from what `nvidia-smi` reports: no usable device
+    (nvidia-smi missing or failing), a driver older than GPU_MIN_DRIVER, or less free VRAM than
+    the model needs all mean the CPU. Only test hosts with the fake nvidia-smi
+    (tests/gpu_double) have a "GPU"; everywhere else this is 0, as before. The real Ollama can
+    also split a model between GPU and CPU; the emulator does not.
+    """
+    try:
+        result = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=driver_version,memory.free",
+                "--format=csv,noheader,nounits",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    if result.returncode != 0:
+        return 0
+    for line in result.stdout.splitlines():
+        driver, _, free_mib = (part.strip() for part in line.partition(","))
+        try:
+            usable = int(driver.split(".")[0]) >= GPU_MIN_DRIVER
+            fits = int(free_mib) * 1024 * 1024 >= model_size
+        except ValueError:
+            continue
+        if usable and fits:
+            return model_size
+    return 0
 
 
 def parse_keep_alive(value: Any, default_seconds: float = 300.0) -> float:
@@ -861,7 +904,7 @@ class _Handler(BaseHTTPRequestHandler):
                 entry = model.tag_entry()
                 entry.pop("modified_at")
                 entry["expires_at"] = go_time(expires)
-                entry["size_vram"] = 0  # the emulator "runs" on CPU
+                entry["size_vram"] = emu._vram.get(name, 0)
                 entry["context_length"] = model.ctx
                 entries.append(entry)
         self._send_json(200, {"models": entries})
@@ -1115,6 +1158,8 @@ class OllamaEmulator:
         self._fault = _Fault()
         self._requests: list[tuple[str, str, Any]] = []
         self._loaded: dict[str, float] = {}
+        # Bytes of each loaded model in GPU memory (Ollama's /api/ps size_vram).
+        self._vram: dict[str, int] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         for name in models:
@@ -1197,12 +1242,21 @@ class OllamaEmulator:
 
     def _set_loaded(self, name: str, keep_alive: float) -> None:
         with self._lock:
+            fresh = name not in self._loaded
+            model = self._store.models.get(name)
+        # Like Ollama, place the model when it is loaded, not on later requests that reuse it.
+        vram = gpu_offload_bytes(model.size) if fresh and model is not None else None
+        with self._lock:
             if keep_alive == 0:
                 self._loaded.pop(name, None)
-            elif keep_alive < 0:
+                self._vram.pop(name, None)
+                return
+            if keep_alive < 0:
                 self._loaded[name] = time.time() + 10 * 365 * 86400
             else:
                 self._loaded[name] = time.time() + keep_alive
+            if vram is not None:
+                self._vram[name] = vram
 
     # -- faults
     def set_fault(
@@ -1354,6 +1408,17 @@ def _cmd_list() -> int:
     return 0
 
 
+def _processor(model: dict[str, Any]) -> str:
+    """`ollama ps`'s PROCESSOR column: "100% GPU", "100% CPU" or a split like "48%/52% CPU/GPU"."""
+    size, vram = int(model["size"]), int(model.get("size_vram", 0))
+    if vram <= 0:
+        return "100% CPU"
+    if vram >= size:
+        return "100% GPU"
+    cpu = round(100 * (size - vram) / size)
+    return f"{cpu}%/{100 - cpu}% CPU/GPU"
+
+
 def _cmd_ps() -> int:
     try:
         with _api("GET", "/api/ps") as resp:
@@ -1364,7 +1429,7 @@ def _cmd_ps() -> int:
     for model in models:
         print(
             f"{model['name']:<24}{model['digest'][:12]:<16}"
-            f"{_human_size(int(model['size'])):<10}{'100% CPU':<12}{model['expires_at']}"
+            f"{_human_size(int(model['size'])):<10}{_processor(model):<12}{model['expires_at']}"
         )
     return 0
 

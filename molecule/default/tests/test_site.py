@@ -23,12 +23,11 @@ import secrets
 import shlex
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import testinfra
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
@@ -93,14 +92,11 @@ def http(
     headers: dict[str, str] | None = None,
     timeout: float = 60,
 ) -> tuple[int, Any]:
-    request = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))
+    all_headers = dict(headers or {})
     if key is not None:
-        request.add_header("X-API-Key", key)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+        all_headers["X-API-Key"] = key
+    response = requests.request(method, url, data=body, headers=all_headers, timeout=timeout)
+    status, raw = response.status_code, response.content
     try:
         return status, json.loads(raw) if raw else None
     except ValueError:

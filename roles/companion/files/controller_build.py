@@ -3,6 +3,10 @@
 
   controller_build.py wheel SOURCE_DIR CACHE_DIR      build (or reuse) the wheel of SOURCE_DIR
   controller_build.py wheelhouse WHEEL_DIR CACHE_DIR  pack WHEEL_DIR/*.whl into one tar
+  controller_build.py download CONSTRAINTS CACHE_DIR PYTHON MACHINE GLIBC
+                                                      download the wheels of CONSTRAINTS for a
+                                                      host's Python (3.13), machine (x86_64) and
+                                                      glibc (2.41), pack them into one tar
 
 Each prints the path of its result as the last line. Results are named by a hash of their
 inputs, so the same inputs give the same file (a cache hit, no rebuild) and concurrent plays
@@ -12,6 +16,9 @@ Why a pristine copy of the source: building in place would leave build/ and *.eg
 tree (other people work in it) and could pick up stale files from an earlier build/.
 Why SOURCE_DATE_EPOCH and a normalised tar: the same source gives byte-identical files, so the
 role's checksum comparison means "the code (or the pins) changed" and nothing else.
+Why `download` takes the host's Python and platform: the controller may run another Python
+than the server (3.11 here, 3.13 on Debian 13), and a wheel built for one CPython ABI does not
+install on another; pip downloads for the target given, whatever interpreter runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,13 +119,66 @@ def pack_wheelhouse(wheel_dir: Path, cache: Path) -> Path:
     return target
 
 
+def platform_tags(machine: str, glibc: str) -> list[str]:
+    """Every manylinux tag a host with this machine and glibc accepts, newest first."""
+    major, _, minor = glibc.partition(".")
+    if major != "2" or not minor.isdigit():
+        raise SystemExit(f"controller_build: unexpected glibc version {glibc!r}")
+    tags = [f"manylinux_2_{m}_{machine}" for m in range(int(minor), 4, -1)]
+    # The legacy names of manylinux_2_17/_2_12/_2_5, still used by some wheels' filenames.
+    legacy = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+    tags += [f"{name}_{machine}" for name, m in legacy.items() if m <= int(minor)]
+    return tags
+
+
+def download_wheelhouse(
+    constraints: Path, cache: Path, python: str, machine: str, glibc: str
+) -> Path:
+    if not re.fullmatch(r"3\.\d+", python) or not re.fullmatch(r"[A-Za-z0-9_]+", machine):
+        raise SystemExit(f"controller_build: unexpected python {python!r} or machine {machine!r}")
+    pins = constraints.read_bytes()
+    target = f"{python} {machine} {glibc}".encode()
+    key = hashlib.sha256(pins + b"\0" + target).hexdigest()[:24]
+    wheel_dir = cache / f"wheels-{key}"
+    if not wheel_dir.is_dir():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            dest = Path(tmp, "wheels")
+            abi = "cp" + python.replace(".", "")
+            cmd = [sys.executable, "-m", "pip", "download", "--quiet"]
+            cmd += ["--disable-pip-version-check"]
+            cmd += ["--only-binary=:all:", "--python-version", python, "--implementation", "cp"]
+            cmd += ["--abi", abi, "--abi", "abi3", "--abi", "none"]
+            for tag in platform_tags(machine, glibc):
+                cmd += ["--platform", tag]
+            cmd += ["--requirement", str(constraints), "--dest", str(dest)]
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                sys.stderr.write(result.stdout[-4000:] + "\n" + result.stderr[-4000:] + "\n")
+                raise SystemExit(
+                    f"controller_build: no wheels of {constraints} for CPython {python} on "
+                    f"{machine} with glibc {glibc} (the controller needs the package index)"
+                )
+            try:
+                dest.rename(wheel_dir)
+            except OSError:
+                if not wheel_dir.is_dir():  # not a concurrent download's finished result
+                    raise
+    return pack_wheelhouse(wheel_dir, cache)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 4 or argv[1] not in ("wheel", "wheelhouse"):
+    counts = {"wheel": 4, "wheelhouse": 4, "download": 7}
+    if len(argv) < 2 or counts.get(argv[1]) != len(argv):
         sys.stderr.write(__doc__ or "")
         return 2
-    src, cache = Path(argv[2]).resolve(), Path(argv[3]).expanduser().resolve()
+    src, cache = Path(argv[2]).expanduser().resolve(), Path(argv[3]).expanduser().resolve()
     cache.mkdir(parents=True, exist_ok=True)
-    result = build_wheel(src, cache) if argv[1] == "wheel" else pack_wheelhouse(src, cache)
+    if argv[1] == "wheel":
+        result = build_wheel(src, cache)
+    elif argv[1] == "wheelhouse":
+        result = pack_wheelhouse(src, cache)
+    else:
+        result = download_wheelhouse(src, cache, argv[4], argv[5], argv[6])
     print(result)
     return 0
 

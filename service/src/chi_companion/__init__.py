@@ -1,3 +1,3 @@
 """chi-companion: the home-server back end of the EclipseTuner OBD-II logger."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -44,7 +44,7 @@ from typing import IO, Any, NoReturn
 
 # Kept equal to chi_companion.__version__ (a test checks): this file cannot import the package
 # because it is copied to the Pi on its own.
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 PROG = "chi-companion-push"
 
 # Exit codes. Scripts (cron, the dispatcher hook, the Ansible role) branch on these, so they

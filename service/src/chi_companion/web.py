@@ -20,6 +20,8 @@ from .core.health import visible_to
 from .core.http_errors import map_domain_errors
 from .core.http_json import API, ApiError, header, json_response
 from .core.params import install_id_filter
+from .metrics import routes as metrics_routes
+from .page import routes as page_routes
 from .sync import routes as sync_routes
 
 log = logging.getLogger(__name__)
@@ -106,4 +108,7 @@ def create_app(ctx: Companion) -> Bottle:
     sync_routes.routes(app, ctx.core, ctx.sync)
     backup_routes.routes(app, ctx.core, ctx.backups)
     analysis_routes.routes(app, ctx.core, ctx.analysis)
+    # The owner's window: the status page (HTML, session sign-in) and Prometheus's /metrics.
+    page_routes.routes(app, ctx)
+    metrics_routes.routes(app, ctx)
     return app

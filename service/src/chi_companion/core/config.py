@@ -340,6 +340,41 @@ class OperatorSection:
     )
 
 
+def _networks(v: str) -> str | None:
+    for part in v.split(","):
+        if not part.strip():
+            continue
+        try:
+            ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            return f"{part.strip()!r} is not an IP address or network (like 10.0.0.0/24)"
+    return None
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    """[metrics]: who may read GET /metrics (the Prometheus text format)."""
+
+    allowed_addresses: str = setting(
+        "",
+        "Comma-separated client addresses or networks (CIDR) that may read /metrics; others get "
+        "403. Empty: every client.",
+        _networks,
+    )
+
+    def allows(self, address: str) -> bool:
+        networks = [p.strip() for p in self.allowed_addresses.split(",") if p.strip()]
+        if not networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d
+        return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerSection,
     "release": ReleaseSection,
@@ -349,6 +384,7 @@ SECTIONS: dict[str, type] = {
     "analysis": AnalysisSection,
     "replication": ReplicationSection,
     "operator": OperatorSection,
+    "metrics": MetricsSection,
 }
 
 
@@ -387,6 +423,7 @@ class Config:
     analysis: AnalysisSection
     replication: ReplicationSection
     operator: OperatorSection
+    metrics: MetricsSection
     # device id -> SHA-256 hex digests of its keys (two during a rotation)
     devices: dict[str, tuple[str, ...]]
     retention: dict[str, dict[str, int]] = field(default_factory=dict)

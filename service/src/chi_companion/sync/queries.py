@@ -6,6 +6,7 @@ their events through these functions (import-linter allows it this module and no
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 from collections.abc import Iterator
@@ -125,3 +126,46 @@ def realtime_last_received(conn: sqlite3.Connection) -> list[tuple[str, str]]:
 
 def last_sync_per_device(conn: sqlite3.Connection) -> dict[str, str | None]:
     return dict(conn.execute("SELECT device_id, last_sync_at FROM devices"))
+
+
+_DRIVE_SUMMARY = f"""SELECT count(*), min(t), max(t), json_group_array(DISTINCT p)
+    FROM (SELECT json_extract(doc, '$.parameter_name') AS p,
+                 {UNIX_SECONDS.format(col="json_extract(doc, '$.timestamp')")} AS t
+          FROM synced_rows INDEXED BY synced_rows_by_drive
+          WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?)"""
+
+
+def drive_summary(
+    conn: sqlite3.Connection, device_id: str, drive_id: int
+) -> tuple[int, float | None, float | None, list[str]]:
+    """(rows, first and last Unix second, parameter names seen) of one drive, for listings."""
+    count, t0, t1, names = conn.execute(_DRIVE_SUMMARY, (device_id, drive_id)).fetchone()
+    params = sorted(n for n in json.loads(names) if isinstance(n, str))
+    return int(count), t0, t1, params
+
+
+def table_row_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:
+    """(device id, table, rows stored) for every table of every device."""
+    return [
+        (d, t, int(n))
+        for d, t, n in conn.execute(
+            "SELECT device_id, table_name, row_count FROM table_stats ORDER BY 1, 2"
+        )
+    ]
+
+
+_DRIVE_SERIES = f"""SELECT json_extract(doc, '$.parameter_name') AS p,
+        CASE WHEN json_type(doc, '$.value') IN ('integer', 'real')
+             THEN json_extract(doc, '$.value') END,
+        json_extract(doc, '$.unit'),
+        {UNIX_SECONDS.format(col="json_extract(doc, '$.timestamp')")}
+    FROM synced_rows INDEXED BY synced_rows_by_drive
+    WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?"""
+
+
+def drive_series(
+    conn: sqlite3.Connection, device_id: str, drive_id: int
+) -> Iterator[tuple[object, float | None, object, float | None]]:
+    """(parameter, numeric value or None, unit, Unix seconds) of each of a drive's
+    ``realtime_data`` rows, in one pass over the drive index (no scratch table)."""
+    yield from conn.execute(_DRIVE_SERIES, (device_id, drive_id))

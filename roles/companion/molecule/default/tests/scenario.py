@@ -1,20 +1,19 @@
 """What the companion scenario's test modules share: the role's paths, the scenario's hosts,
-and a small HTTP helper (stdlib, so the controller needs nothing beyond testinfra)."""
+and a small HTTP helper (requests, from requirements-dev.txt)."""
 
 from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+import requests
 import yaml
 
 SERVICE = "chi-companion"
 USER = "chi-companion"
-DATA_DIR = "/srv/chi-companion"
+DATA_DIR = "/mnt/raid5/chi-companion"
 CONFIG = "/etc/chi-companion/companion.toml"
 VENV = "/opt/chi-companion/venv"
 PORT = 8000
@@ -27,16 +26,13 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 def http(
     method: str, url: str, key: str | None = None, body: Any = None, timeout: float = 10
 ) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    req.add_header("Content-Type", "application/json")
+    headers = {"Content-Type": "application/json"}
     if key is not None:
-        req.add_header("X-API-Key", key)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+        headers["X-API-Key"] = key
+    data = json.dumps(body).encode() if body is not None else None
+    # A refused or timed-out connection raises requests' errors, which are OSErrors.
+    resp = requests.request(method, url, data=data, headers=headers, timeout=timeout)
+    return resp.status_code, json.loads(resp.content or b"null")
 
 
 def console_tail(host_name: str, lines: int = 60) -> str:

@@ -17,6 +17,8 @@ import tomllib
 from typing import Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from scenario import (
     CONFIG,
     DATA_DIR,
@@ -79,18 +81,46 @@ def test_installed_with_the_pinned_dependencies(host: Any) -> None:
     assert version.rc == 0
     assert version.stdout.startswith("chi-companion ")
     frozen = {
-        line.split("==")[0].lower().replace("_", "-"): line.split("==")[1]
+        canonicalize_name(line.split("==")[0]): line.split("==")[1]
         for line in host.check_output(f"{VENV}/bin/pip freeze --all").splitlines()
         if "==" in line
     }
+    # A pin with an environment marker (typing_extensions only below Python 3.13) counts only
+    # where its marker holds for the host's interpreter.
+    host_python = host.check_output(
+        f"{VENV}/bin/python -c 'import platform; print(platform.python_version())'"
+    )
+    environment = {
+        "python_version": ".".join(host_python.split(".")[:2]),
+        "python_full_version": host_python,
+    }
     pins = [
-        line.split("==")
+        Requirement(line)
         for line in (REPO / "service" / "constraints.txt").read_text().splitlines()
         if "==" in line and not line.startswith("#")
     ]
     assert pins, "constraints.txt has pins"
-    for name, version_pin in pins:
-        assert frozen.get(name.lower().replace("_", "-")) == version_pin, name
+    wanted = {
+        canonicalize_name(pin.name): str(pin.specifier).removeprefix("==")
+        for pin in pins
+        if pin.marker is None or pin.marker.evaluate(environment)
+    }
+    assert {name: frozen.get(name) for name in wanted} == wanted
+    # Nothing beyond the pins (and the venv's own tools) is installed.
+    extra = set(frozen) - set(wanted) - {"pip", "setuptools", "wheel", "chi-companion"}
+    assert not extra, f"installed but not pinned for Python {host_python}: {sorted(extra)}"
+
+
+def test_venv_runs_the_hosts_own_python(host: Any) -> None:
+    """The venv is the host's python3 (3.13 on Debian 13, 3.11 on Debian 12), not a copy of
+    the controller's, so the wheels came from the host-specific wheelhouse."""
+    system = host.check_output("python3 -c 'import sys; print(sys.version_info[:2])'")
+    venv = host.check_output(f"{VENV}/bin/python -c 'import sys; print(sys.version_info[:2])'")
+    assert venv == system
+    expected = {"12": "(3, 11)", "13": "(3, 13)"}
+    debian = host.file("/etc/debian_version").content_string.strip().split(".")[0]
+    if debian in expected:
+        assert venv == expected[debian], f"Debian {debian}"
 
 
 def test_units_enabled_and_running(host: Any) -> None:

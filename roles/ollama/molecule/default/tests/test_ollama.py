@@ -94,6 +94,8 @@ def test_unit_and_override(host: Any, ansible_vars: dict[str, Any]) -> None:
     assert content.startswith("#")  # ansible_managed header
     lines = [line for line in content.splitlines() if line and not line.startswith("#")]
     assert lines == [
+        "[Unit]",
+        f"RequiresMountsFor={ansible_vars['ollama_models_dir']}",
         "[Service]",
         'Environment="OLLAMA_HOST=127.0.0.1:11434"',
         f'Environment="OLLAMA_MODELS={ansible_vars["ollama_models_dir"]}"',
@@ -105,6 +107,8 @@ def test_unit_and_override(host: Any, ansible_vars: dict[str, Any]) -> None:
     # systemd really applies it.
     env = host.run("systemctl show ollama --property=Environment").stdout
     assert "OLLAMA_HOST=127.0.0.1:11434" in env
+    mounts = host.run("systemctl show ollama --property=RequiresMountsFor").stdout
+    assert ansible_vars["ollama_models_dir"] in mounts
 
 
 def test_service_enabled_and_running(host: Any) -> None:

@@ -1,0 +1,1 @@
+"""``GET /metrics``: the companion's state in the Prometheus text format."""

@@ -1,0 +1,1 @@
+"""The owner's status page: sign-in, overview, drives, a drive's charts and analysis, backups."""

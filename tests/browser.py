@@ -1,0 +1,60 @@
+"""Headless Chromium from Debian's packages, driven by selenium through /usr/bin/chromedriver.
+
+Nothing leaves the machine: background networking, component updates, sync and QUIC are off,
+and every session starts from an empty profile directory of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMEDRIVER = os.environ.get("CHI_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROMIUM = os.environ.get("CHI_CHROMIUM", "/usr/bin/chromium")
+# One folder (gitignored) for every screenshot the browser tests take.
+SCREENSHOTS = Path(os.environ.get("CHI_SCREENSHOTS", ROOT / "screenshots"))
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+@contextmanager
+def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]:
+    profile = tempfile.mkdtemp(prefix="chi-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    options.add_argument(f"--window-size={width},{height}")
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def full_page_screenshot(driver: webdriver.Chrome, path: Path) -> Path:
+    """The whole page, not just the window: grow the window to the document's height."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    width = driver.get_window_size()["width"]
+    driver.set_window_size(width, max(600, int(height) + 120))
+    driver.save_screenshot(str(path))
+    return path
