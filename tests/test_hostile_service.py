@@ -230,7 +230,7 @@ def _raw_exchange(port: int, data: bytes) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.slow(seconds=10)
+@pytest.mark.slow(seconds=20)
 def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
     sync = json.dumps(sync_body("statistics", [{"id": 1}])).encode()
     requests_to_send = [
@@ -244,12 +244,16 @@ def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
     ]
     statuses: dict[int, int] = {}
     for method, path, body in requests_to_send:
-        for name in FUZZED_HEADERS:
+        # The sign-in answers a wrong key slowly on purpose: only the headers it reads.
+        names = ("Origin", "Host") if path == "/login" else FUZZED_HEADERS
+        for name in names:
             for value in HOSTILE_HEADER_VALUES:
                 headers = {
                     "Host": b"chi-srv-01",
                     "X-API-Key": companion.key.encode(),
-                    "Content-Type": b"application/json",
+                    "Content-Type": b"application/x-www-form-urlencoded"
+                    if path == "/login"
+                    else b"application/json",
                     "Content-Length": str(len(body)).encode(),
                     "Connection": b"close",
                 }
@@ -260,7 +264,7 @@ def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
                 assert reply.startswith(b"HTTP/1."), (method, path, name, value, reply[:200])
                 status = int(reply.split(b" ", 2)[1])
                 assert status < 500, (method, path, name, value, reply[:300])
-                if name in ("X-API-Key",):
+                if name == "X-API-Key" and path.startswith("/api/v1/"):
                     assert status in (400, 401), (method, path, name, value, reply[:300])
                 if name == "X-Content-SHA256" and method == "PUT":
                     assert status == 400, (method, path, name, value, reply[:300])
