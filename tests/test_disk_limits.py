@@ -7,12 +7,13 @@ import json
 import os
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chi_companion.core.db import Database, transaction
+from chi_companion.core.db import Database, FairLock, transaction
 from chi_companion.core.http_errors import to_api_error
 from chi_companion.sync.request import validate
 from chi_companion.sync.store import SCHEMA, SyncStore
@@ -138,3 +139,26 @@ def test_three_concurrent_uploads_against_room_for_two(tmp_path: Path) -> None:
             assert st.f_bavail * st.f_frsize >= 32 * 1024 * 1024
         finally:
             comp.stop()
+
+
+# ------------------------------------------- item 11: writers queue in arrival order
+
+
+def test_writers_are_served_in_arrival_order() -> None:
+    lock = FairLock()
+    order: list[int] = []
+    started: list[threading.Thread] = []
+    with lock:  # held while the others queue up one after another
+        for n in range(8):
+            thread = threading.Thread(target=lambda n=n: _take(lock, order, n))
+            thread.start()
+            started.append(thread)
+            time.sleep(0.05)  # n arrives before n + 1
+    for thread in started:
+        thread.join(10)
+    assert order == list(range(8))
+
+
+def _take(lock: FairLock, order: list[int], n: int) -> None:
+    with lock:
+        order.append(n)
