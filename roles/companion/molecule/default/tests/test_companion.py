@@ -10,9 +10,7 @@ else already in place.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import tomllib
 from typing import Any
 
@@ -23,13 +21,12 @@ from scenario import (
     CONFIG,
     DATA_DIR,
     DEVICE,
-    INVENTORY,
     PORT,
     REPO,
-    SCENARIO_DIR,
     SERVICE,
     USER,
     VENV,
+    converge,
     http,
 )
 
@@ -240,26 +237,15 @@ def test_bad_config_fails_the_play_and_leaves_the_service_running(
 ) -> None:
     pid_before = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     config_before = host.file(CONFIG).sha256sum
-    result = subprocess.run(
-        [
-            "ansible-playbook",
-            "--inventory",
-            INVENTORY,
-            str(SCENARIO_DIR / "converge.yml"),
-            "--extra-vars",
-            '{"companion_ollama_keep_alive": "forever"}',
-            # The config step alone: what is tested is its validate-before-replace.
-            "--tags",
-            "companion_configure",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=os.environ,
+    code, output = converge(
+        "--extra-vars",
+        '{"companion_ollama_keep_alive": "forever"}',
+        # The config step alone: what is tested is its validate-before-replace.
+        "--tags",
+        "companion_configure",
         timeout=600,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
+    assert code != 0, output[-3000:]
     assert "failed to validate" in output, output[-3000:]
     assert "ollama.keep_alive" in output, "the checker's own message reaches the user"
     assert vault_key not in output, "the failure must not print the config's keys"

@@ -7,12 +7,10 @@ every table, ours included, unless the filter unit is re-applied behind it.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from typing import Any
 
 import pytest
-from scenario import INVENTORY, PORT, SCENARIO_DIR, SERVICE
+from scenario import PORT, SERVICE, converge
 
 testinfra_hosts = ["ansible://companion"]
 
@@ -65,23 +63,8 @@ def test_role_refuses_to_filter_beside_another_firewall_manager(host: Any, manag
     host.run_expect([0], setup)
     try:
         pid_before = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
-        result = subprocess.run(
-            [
-                "ansible-playbook",
-                "--inventory",
-                INVENTORY,
-                str(SCENARIO_DIR / "converge.yml"),
-                "--tags",
-                "companion_preflight",
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-            env=os.environ,
-            timeout=600,
-        )
-        output = result.stdout + result.stderr
-        assert result.returncode != 0, output[-3000:]
+        code, output = converge("--tags", "companion_preflight", timeout=600)
+        assert code != 0, output[-3000:]
         assert f"{manager} is active" in output, output[-3000:]
         assert "companion_firewall_enabled: false" in output
         assert host.check_output(f"systemctl show -p MainPID --value {SERVICE}") == pid_before
