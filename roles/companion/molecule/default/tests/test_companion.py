@@ -164,10 +164,11 @@ def test_port_listening(host: Any) -> None:
     assert host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
 
 
-def test_health_answers_on_the_host(host: Any) -> None:
-    out = host.check_output(
-        f"curl -sS -w '\\n%{{http_code}}' http://127.0.0.1:{PORT}/api/v1/health"
-    )
+def test_health_answers_on_the_host(host: Any, vault_key: str) -> None:
+    url = f"http://127.0.0.1:{PORT}/api/v1/health"
+    # Without a key: the overall status and the version, nothing a stranger could use.
+    assert set(json.loads(host.check_output(f"curl -sSf {url}"))) == {"status", "version"}
+    out = host.check_output(f"curl -sS -H 'X-API-Key: {vault_key}' -w '\\n%{{http_code}}' {url}")
     body, code = out.rsplit("\n", 1)
     assert code == "200"
     health = json.loads(body)

@@ -28,12 +28,14 @@ def apply(extra_vars: str = "{}") -> tuple[int, int]:
     return recap(output)
 
 
-def health(host: Any) -> dict[str, Any]:
-    return json.loads(host.check_output(f"curl -sf http://127.0.0.1:{PORT}/api/v1/health"))
+def health(host: Any, key: str) -> dict[str, Any]:
+    return json.loads(
+        host.check_output(f"curl -sf -H 'X-API-Key: {key}' http://127.0.0.1:{PORT}/api/v1/health")
+    )
 
 
-def test_absent_removes_the_install_and_keeps_the_data(host: Any) -> None:
-    synced_at = health(host)["devices"][DEVICE]["lastSyncAt"]
+def test_absent_removes_the_install_and_keeps_the_data(host: Any, vault_key: str) -> None:
+    synced_at = health(host, vault_key)["devices"][DEVICE]["lastSyncAt"]
     assert synced_at, "test_companion.py synced rows before this module runs"
 
     changed, failed = apply('{"companion_state": "absent"}')
@@ -52,7 +54,7 @@ def test_absent_removes_the_install_and_keeps_the_data(host: Any) -> None:
 
     # Installed again: the same rows are served.
     apply()
-    assert health(host)["devices"][DEVICE]["lastSyncAt"] == synced_at
+    assert health(host, vault_key)["devices"][DEVICE]["lastSyncAt"] == synced_at
 
 
 def test_purge_deletes_the_data_and_the_user(host: Any) -> None:
