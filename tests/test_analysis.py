@@ -41,7 +41,9 @@ def start(make_companion: MakeCompanion, emu: OllamaEmulator, **analysis: Any) -
     # happen before a test makes a job wait, so the test sees the wait it causes.
     deadline = time.monotonic() + 10
     while (
-        comp.request("GET", "/api/v1/health", key=False)[2]["components"]["ollama"]["checkedAt"]
+        comp.request("GET", "/api/v1/health", key=comp.operator_key)[2]["components"]["ollama"][
+            "checkedAt"
+        ]
         is None
     ):
         assert time.monotonic() < deadline, "the Ollama monitor never probed"
@@ -106,7 +108,7 @@ def result_file(comp: Companion, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def health_ollama(comp: Companion) -> tuple[int, dict[str, Any], dict[str, Any]]:
-    status, _, body = comp.request("GET", "/api/v1/health", key=False)
+    status, _, body = comp.request("GET", "/api/v1/health", key=comp.operator_key)
     return status, body, body["components"]["ollama"]
 
 
@@ -213,7 +215,7 @@ def test_requests_are_checked_and_devices_kept_apart(
     status, _, _ = comp.request(
         "GET", f"/api/v1/analyses?deviceId={comp.device}", key=comp.other_key
     )
-    assert status == 403
+    assert status == 404
     status, _, own = comp.request("GET", "/api/v1/analyses", key=comp.other_key)
     assert status == 200 and own["analyses"] == []
     # The operator sees every device.
@@ -438,7 +440,7 @@ def test_timeout_is_retried_once_then_fails_with_the_reason(
 
 def test_full_queue_answers_429_with_retry_after(make_companion: MakeCompanion) -> None:
     # Ollama down: jobs stay queued, so the queue fills.
-    comp = make_companion(analysis={"auto": False, "max_queue": 2})
+    comp = make_companion(analysis={"auto": False, "max_queue": 2, "device_queue_share": 1})
     for drive in (1, 2, 3):
         sync_drive(comp, drive_id=drive, count=20, first_id=drive * 1000)
     analyze(comp, driveId=1)
@@ -448,6 +450,44 @@ def test_full_queue_answers_429_with_retry_after(make_companion: MakeCompanion) 
     )
     assert status == 429, body
     assert int(headers["Retry-After"]) > 0
+
+
+def test_one_device_cannot_fill_the_queue_for_all(make_companion: MakeCompanion) -> None:
+    # max_queue 4, share 0.5: each device may hold 2; Ollama is down, so jobs stay queued.
+    comp = make_companion(analysis={"auto": False, "max_queue": 4, "device_queue_share": 0.5})
+    for drive in (1, 2, 3):
+        sync_drive(comp, drive_id=drive, count=20, first_id=drive * 1000)
+    analyze(comp, driveId=1)
+    analyze(comp, driveId=2)
+    status, headers, body = comp.request(
+        "POST", "/api/v1/analyze", {"deviceId": comp.device, "driveId": 3}
+    )
+    assert status == 429 and "device_queue_share" in body["detail"], body
+    assert int(headers["Retry-After"]) > 0
+    # Checked before the rows are even read: a full share answers 429 to inline rows that
+    # would be refused as invalid (422) otherwise, so no digest work is spent on them.
+    status, _, body = comp.request(
+        "POST", "/api/v1/analyze", {"deviceId": comp.device, "rows": [{"value": "x"}]}
+    )
+    assert status == 429, body
+    # The other device still has its share.
+    other = sync_body("realtime_data", realtime_rows(1, 20, drive_id=9))
+    other["deviceId"] = comp.other_device
+    assert comp.request("POST", "/api/v1/sync", other, key=comp.other_key)[0] == 200
+    analyze(comp, key=comp.other_key, deviceId=comp.other_device, driveId=9)
+
+
+def test_inline_rows_have_their_own_smaller_body_limit(make_companion: MakeCompanion) -> None:
+    comp = make_companion(analysis={"auto": False, "max_inline_body_bytes": 10_000})
+    rows = [
+        {"parameter_name": "RPM", "value": 900.0 + i, "timestamp": "2026-04-19T08:00:00Z"}
+        for i in range(300)
+    ]
+    status, _, body = comp.request(
+        "POST", "/api/v1/analyze", {"deviceId": comp.device, "rows": rows}
+    )
+    assert status == 413 and "max_inline_body_bytes" in body["detail"], body
+    analyze(comp, rows=rows[:50])  # a small inline body is still accepted
 
 
 # --------------------------------------------------------------------------- restart

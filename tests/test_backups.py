@@ -356,7 +356,7 @@ def test_listing_is_newest_first_and_filters(companion: Companion) -> None:
 
 
 def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
-    _, _, health = companion.request("GET", f"{API}/health", key=False)
+    _, _, health = companion.request("GET", f"{API}/health", key=companion.operator_key)
     component = health["components"]["backups"]
     assert component["devices"][companion.device] == {
         "newestAt": None,
@@ -366,7 +366,7 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
     put(companion, "a.db", b"1")
     status, _, body = put(companion, "b.log", b"2", btype="logs")
     assert status == 201
-    _, _, health = companion.request("GET", f"{API}/health", key=False)
+    _, _, health = companion.request("GET", f"{API}/health", key=companion.operator_key)
     component = health["components"]["backups"]
     assert component["status"] == "ok"
     assert component["freeBytes"] > 0
@@ -385,7 +385,10 @@ def test_health_reports_newest_backup_per_device(companion: Companion) -> None:
 def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Companion]:
     """One server for the refusal table; every case must leave its backups/ tree empty."""
     base = tmp_path_factory.mktemp("strict")
-    comp = Companion(base, {"backups": {"max_upload_bytes": 4096, "min_free_bytes": 0}}).start()
+    # Every refused attempt counts against the device's upload rate too; the table is about
+    # the refusals, so the burst is set out of its way (test_hostile_service tests the 429).
+    limits = {"max_upload_bytes": 4096, "min_free_bytes": 0, "upload_burst": 1000}
+    comp = Companion(base, {"backups": limits}).start()
     yield comp
     comp.stop()
 
@@ -475,7 +478,7 @@ def test_min_free_space_refuses_before_writing(make_companion: Callable[..., Com
     assert status == 507 and body["error"] == "insufficient storage", body
     assert hdr(headers, "Retry-After")
     assert tree(comp) == [] and catalog(comp) == []
-    _, _, health = comp.request("GET", f"{API}/health", key=False)
+    _, _, health = comp.request("GET", f"{API}/health", key=comp.operator_key)
     assert health["components"]["backups"]["status"] == "degraded"
     assert health["status"] == "degraded"
 
@@ -504,13 +507,13 @@ def test_device_key_cannot_delete_or_overwrite(companion: Companion) -> None:
     assert companion.request("GET", f"{API}/backups/{one['id']}")[2] == first
     assert len(catalog(companion)) == 3
 
-    # Other devices can neither read nor list it.
-    assert companion.request("GET", f"{API}/backups/{one['id']}", key=companion.other_key)[0] == 403
+    # Other devices can neither read nor list it: 404, as if it did not exist.
+    assert companion.request("GET", f"{API}/backups/{one['id']}", key=companion.other_key)[0] == 404
     assert (
         companion.request(
             "GET", f"{API}/backups?deviceId={companion.device}", key=companion.other_key
         )[0]
-        == 403
+        == 404
     )
 
     # The operator can delete: file and row go together.
@@ -697,27 +700,31 @@ def test_full_filesystem_gives_507_and_leaves_nothing(small_fs: Companion) -> No
 
 
 def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
-    """Two uploads that each fit, but not together: both pass the free-space check, then
-    the disk fills up under them. ENOSPC while writing must be a 507 with nothing left."""
+    """Two uploads that both pass the free-space check (their room is reserved), then
+    something else fills the disk under them. ENOSPC while writing must be a 507 with
+    nothing left."""
     comp = small_fs
     st = os.statvfs(comp.data_dir)
-    each = int(st.f_bavail * st.f_frsize * 0.6)
+    each = int(st.f_bavail * st.f_frsize * 0.4)
     socks = [_open_put(comp, f"half{i}.db", each) for i in range(2)]
+    filler = comp.data_dir / "filler"
     try:
         for sock in socks:
             _send(sock, MiB)
         # Two temp files: both requests are past the free-space check and writing.
         _wait_for(lambda: len(_temp_files(comp)) == 2, "both uploads to start writing")
-        # The first finishes while there is room; the second then runs out of disk.
-        results = []
-        for sock in socks:
-            _send(sock, each - MiB)
-            results.append(_read_response(sock))
+        _send(socks[0], each - MiB)
+        first_status, first = _read_response(socks[0])
+        # Another writer on the same disk (not an upload) takes what is left.
+        free = os.statvfs(comp.data_dir).f_bavail * os.statvfs(comp.data_dir).f_frsize
+        filler.write_bytes(b"\0" * max(0, free - MiB // 2))
+        _send(socks[1], each - MiB)
+        second_status, second = _read_response(socks[1])
     finally:
         for sock in socks:
             sock.close()
-    (first_status, first), (second_status, second) = results
-    assert (first_status, second_status) == (201, 507), results
+        filler.unlink(missing_ok=True)
+    assert (first_status, second_status) == (201, 507), (first, second)
     assert first["size"] == each
     assert second["detail"] == "the server's disk is full; retry later"  # not the pre-check
     assert _temp_files(comp) == []
@@ -727,20 +734,25 @@ def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
 # ---------------------------------------------------------------------------- retention
 
 
-def test_retention_applies_after_each_upload(make_companion: Callable[..., Companion]) -> None:
+def test_uploads_never_remove_a_backup(make_companion: Callable[..., Companion]) -> None:
+    # Even under a policy that keeps only the last 2 and no keep_within: an upload stores,
+    # it never prunes (issue 15: a stolen key flushed good backups with junk uploads).
     comp = make_companion(
-        backups={"min_free_bytes": 0}, **{"backups.retention.logs": {"keep_last": 2}}
+        backups={"min_free_bytes": 0, "keep_within_days": 0},
+        **{"backups.retention.logs": {"keep_last": 2}},
     )
     ids = []
     for i in range(4):
         status, _, body = put(comp, f"app{i}.log", f"log {i}".encode(), btype="logs")
         assert status == 201
         ids.append(body["id"])
+    assert sorted(b["id"] for b in catalog(comp)) == ids
+    assert tree(comp) == catalog_paths(comp)
+    # The operator's prune applies the policy.
+    result = cli(comp, "prune")
+    assert result.returncode == 0, result.stderr
     assert [b["id"] for b in catalog(comp)] == [ids[3], ids[2]]
     assert tree(comp) == catalog_paths(comp)
-    # Other types are governed by their own (default) policy and untouched.
-    status, _, _ = put(comp, "obd.db", b"db")
-    assert status == 201 and len(catalog(comp)) == 3
 
 
 @pytest.mark.slow(seconds=20)
@@ -771,6 +783,12 @@ def test_cli_list_prune_verify_restore(
     # A stricter policy, by command: --dry-run prints and deletes nothing.
     with comp.config_path.open("a") as fh:
         fh.write("\n[backups.retention.database]\nkeep_last = 1\n")
+    # All three arrived seconds ago: under the default keep_within (7 days) nothing goes.
+    kept_all = cli(comp, "prune")
+    assert kept_all.returncode == 0 and "0 removed" in kept_all.stdout, kept_all.stdout
+    assert len(catalog(comp)) == 3
+    text = comp.config_path.read_text()
+    comp.config_path.write_text(text.replace("[backups]\n", "[backups]\nkeep_within_days = 0\n"))
     dry = cli(comp, "prune", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.count("would remove") == 2 and "(last)" in dry.stdout

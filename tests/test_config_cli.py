@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,10 @@ def test_minimal_config_gets_documented_defaults(tmp_path: Path) -> None:
     path.write_text(GOOD)
     config = load(path, env={})
     assert config.server.port == 8000
-    assert config.devices == {"chi-eclipse-01": "0123456789abcdef0123"}
+    # Only the key's SHA-256 is kept; a key in clear is accepted with a warning.
+    digest = hashlib.sha256(b"0123456789abcdef0123").hexdigest()
+    assert config.devices == {"chi-eclipse-01": (digest,)}
+    assert config.warnings and digest in config.warnings[0]
     assert config.ollama.model == "gemma2:2b"
     assert config.db_path == Path("/srv/chi-companion/companion.db")
     assert config.retention["database"]["keep_daily"] == 14

@@ -27,7 +27,7 @@ def test_ping_needs_a_valid_key(companion: Companion) -> None:
 
 
 def test_health_is_public_and_reveals_no_secrets(companion: Companion) -> None:
-    status, _, body = companion.request("GET", "/api/v1/health", key=False)
+    status, _, body = companion.request("GET", "/api/v1/health", key=companion.operator_key)
     assert status == 200
     assert body["status"] in ("healthy", "degraded")
     assert body["components"]["database"] == {"status": "ok", "writable": True}
@@ -45,7 +45,7 @@ def test_health_is_public_and_reveals_no_secrets(companion: Companion) -> None:
 
 def test_health_degrades_when_disk_is_under_the_minimum(make_companion: Any) -> None:
     comp = make_companion(backups={"min_free_bytes": 2**62})
-    status, _, body = comp.request("GET", "/api/v1/health", key=False)
+    status, _, body = comp.request("GET", "/api/v1/health", key=comp.operator_key)
     assert status == 200
     assert body["status"] == "degraded"
     assert body["components"]["disk"]["status"] == "degraded"
@@ -66,7 +66,7 @@ def test_health_reports_replication_status(companion: Companion) -> None:
             }
         )
     )
-    _, _, body = companion.request("GET", "/api/v1/health", key=False)
+    _, _, body = companion.request("GET", "/api/v1/health", key=companion.operator_key)
     assert body["components"]["replication"]["status"] == "degraded"
     assert body["status"] == "degraded"
 

@@ -68,7 +68,7 @@ def fast_timeout(make_companion: Callable[..., Companion]) -> Companion:
 
 
 def assert_healthy(comp: Companion) -> None:
-    status, _, body = comp.request("GET", "/api/v1/health", key=False, timeout=10)
+    status, _, body = comp.request("GET", "/api/v1/health", key=comp.operator_key, timeout=10)
     assert status == 200 and body["components"]["database"]["status"] == "ok"
 
 

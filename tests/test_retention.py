@@ -16,6 +16,8 @@ from chi_companion.backups.retention import (
     describe,
     validate_policy,
 )
+from chi_companion.core.errors import RateLimited
+from chi_companion.core.ratelimit import RateLimit
 
 
 def t(text: str) -> datetime:
@@ -241,3 +243,33 @@ def test_bad_policies_and_times_are_refused() -> None:
 def test_describe() -> None:
     assert describe({"keep_last": 7, "keep_daily": 14}) == "keep 7 last, 14 daily"
     assert describe({"keep_weekly": -1}) == "keep all weekly"
+
+
+def test_keep_within_keeps_everything_near_the_newest_whatever_the_rules() -> None:
+    # restic --keep-within 7d: 30 junk backups today and a good one 3 days ago all stay;
+    # the one 8 days before the newest goes under keep_last = 1.
+    newest = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    items = [(f"junk{i}", newest - timedelta(minutes=i)) for i in range(30)]
+    items += [("good", newest - timedelta(days=3)), ("old", newest - timedelta(days=8))]
+    decisions = apply_policy(items, {"keep_last": 1}, keep_within=timedelta(days=7))
+    kept = {d.key for d in decisions if d.keep}
+    assert kept == {k for k, _ in items} - {"old"}
+    assert next(d for d in decisions if d.key == "good").reasons == ("within",)
+    assert next(d for d in decisions if d.key == "junk0").reasons == ("last", "within")
+    # Without keep_within the same rules keep only the newest.
+    assert [d.key for d in apply_policy(items, {"keep_last": 1}) if d.keep] == ["junk0"]
+
+
+def test_rate_limit_burst_then_refill() -> None:
+    now = [0.0]
+    limit = RateLimit("uploads", per_hour=12, burst=3, clock=lambda: now[0])
+    for _ in range(3):
+        limit.take("pi")
+    with pytest.raises(RateLimited) as refused:
+        limit.take("pi")
+    assert refused.value.retry_after == 300  # one token every 5 minutes
+    limit.take("other-pi")  # buckets are per device
+    now[0] += 300
+    limit.take("pi")
+    with pytest.raises(RateLimited):
+        limit.take("pi")

@@ -186,8 +186,11 @@ def test_ports_bound_as_configured(server: Any, nas: Any, server_vars: dict[str,
     assert nas.socket("tcp://0.0.0.0:873").is_listening
 
 
-def test_health_is_served_to_the_lan(base_url: str) -> None:
+def test_health_is_served_to_the_lan(base_url: str, operator_key: str) -> None:
     status, body = http("GET", f"{base_url}/api/v1/health")
+    assert status == 200, body
+    assert set(body) == {"status", "version"}, "a caller without a key sees only these"
+    status, body = http("GET", f"{base_url}/api/v1/health", key=operator_key)
     assert status == 200, body
     assert body["components"]["ollama"]["status"] == "ok", body["components"]["ollama"]
 
@@ -292,7 +295,7 @@ def test_uploaded_backup_reaches_the_nas_with_the_same_sha256(
     assert relative in log.content_string
 
 
-def test_health_shows_the_last_replication(server: Any, base_url: str) -> None:
+def test_health_shows_the_last_replication(server: Any, base_url: str, operator_key: str) -> None:
     # Exactly the cron job: the service user, cron's bare environment, --quiet.
     run = server.run(
         "cd / && runuser -u chi-companion -- env -i PATH=/usr/bin:/bin SHELL=/bin/sh"
@@ -302,7 +305,7 @@ def test_health_shows_the_last_replication(server: Any, base_url: str) -> None:
     assert run.stdout == ""  # --quiet prints nothing on success
     status = read_status(server)
 
-    code, body = http("GET", f"{base_url}/api/v1/health")
+    code, body = http("GET", f"{base_url}/api/v1/health", key=operator_key)
 
     assert code == 200, body
     replication = body["components"]["replication"]

@@ -12,7 +12,7 @@ from .analysis import cli as analysis_cli
 from .backups import cli as backup_cli
 from .companion import Companion
 from .core.cli_support import DEFAULT_CONFIG, AddAction, Handler, config_from, config_path
-from .core.config import ConfigError, load
+from .core.config import ConfigError, key_digest, load
 from .core.keys import new_key
 from .core.release import ReleaseError, load_record
 from .core.server import serve
@@ -43,12 +43,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
+    for warning in config.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
     print(f"config OK: {path} ({len(config.devices)} device(s))")
     return 0
 
 
 def cmd_gen_key(args: argparse.Namespace) -> int:
-    print(new_key())
+    """The key on stdout (for the Pi), the line for the server's config on stderr: the
+    config stores only the key's SHA-256."""
+    key = new_key()
+    print(key)
+    print(
+        f'for companion.toml: api_key_sha256 = "{key_digest(key)}" (the key goes to the Pi)',
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -80,6 +80,7 @@ class Companion:
             "replication": lambda: replication_health(self.config),
             "backups": lambda: backups_health(self.backups, self.config.devices),
             "ollama": lambda: ollama_health(self.analysis),
+            "background": self.core.faults.report,
         }
 
     def health(self) -> dict[str, Any]:

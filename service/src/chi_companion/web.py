@@ -16,8 +16,9 @@ from .analysis import routes as analysis_routes
 from .backups import routes as backup_routes
 from .companion import Companion
 from .core.clock import now_iso
+from .core.health import visible_to
 from .core.http_errors import map_domain_errors
-from .core.http_json import API, ApiError, json_response
+from .core.http_json import API, ApiError, header, json_response
 from .core.params import install_id_filter
 from .metrics import routes as metrics_routes
 from .page import routes as page_routes
@@ -71,8 +72,12 @@ def create_app(ctx: Companion) -> Bottle:
 
     @app.get(f"{API}/health")
     def health() -> Any:
+        principal = None
+        if header("X-API-Key") is not None:
+            principal = ctx.core.keys.authenticate()  # a wrong key is 401, not a silent less
         report = ctx.health()
-        return json_response(503 if report["status"] == "unhealthy" else 200, report)
+        code = 503 if report["status"] == "unhealthy" else 200
+        return json_response(code, visible_to(report, principal))
 
     @app.get(f"{API}/openapi.yaml")
     def openapi() -> Any:

@@ -258,6 +258,14 @@ class AnalysisStore:
             ).fetchone()[0]
         )
 
+    def device_depth(self, conn: sqlite3.Connection, device_id: str) -> int:
+        return int(
+            conn.execute(
+                f"SELECT count(*) FROM analyses WHERE status IN ({_ACTIVE_IN}) AND device_id = ?",
+                (device_id,),
+            ).fetchone()[0]
+        )
+
     def counts(self) -> dict[str, int]:
         rows = self.conn().execute(
             f"SELECT status, count(*) FROM analyses WHERE status IN ({_ACTIVE_IN}) GROUP BY status"

@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any
 from ..core.context import Core
 from ..core.db import transaction
 from ..core.errors import Invalid, NotFound, UnknownDevice
-from ..core.http_json import ApiError, NonFiniteCounter, is_finite_number, json_response, read_json
+from ..core.http_json import (
+    ApiError,
+    NonFiniteCounter,
+    declared_length,
+    is_finite_number,
+    json_response,
+    read_json,
+)
 from ..core.ids import DEVICE_ID_RULE, as_int64, is_device_id
 from ..core.params import query_choice, query_device_id, query_int, query_number
 from ..sync.queries import drive_exists
@@ -153,6 +160,29 @@ def _accepted(job: Analysis, depth: int) -> Any:
     return json_response(202, body, headers={"Location": location})
 
 
+def _check_room(ctx: Core, svc: AnalysisService, conn: Any, device_id: str) -> int:
+    """429 when the queue is full, or when this device holds its share of it; else the depth."""
+    depth = svc.store.depth(conn)
+    if depth >= svc.queue.max_queue:
+        raise ApiError(
+            429,
+            "queue full",
+            f"{depth} analyses are queued or running (analysis.max_queue); retry later",
+            headers={"Retry-After": _retry_after(svc)},
+        )
+    share = max(1, int(svc.queue.max_queue * ctx.config.analysis.device_queue_share))
+    mine = svc.store.device_depth(conn, device_id)
+    if mine >= share:
+        raise ApiError(
+            429,
+            "queue full",
+            f"device {device_id!r} has {mine} analyses queued or running, its share of the "
+            f"queue (analysis.device_queue_share); retry later",
+            headers={"Retry-After": _retry_after(svc)},
+        )
+    return depth
+
+
 def submit(ctx: Core, svc: AnalysisService, principal_device: str | None, body: Any) -> Any:
     if not isinstance(body, dict):
         raise _bad("body must be a JSON object")
@@ -169,6 +199,8 @@ def submit(ctx: Core, svc: AnalysisService, principal_device: str | None, body: 
             "forbidden",
             f"this API key belongs to device {principal_device!r}, not {device_id!r}",
         )
+    # Before any parsing of rows or digest: a full queue costs the caller nothing of ours.
+    _check_room(ctx, svc, svc.store.conn(), device_id)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise _bad("force must be true or false")
@@ -209,14 +241,7 @@ def submit(ctx: Core, svc: AnalysisService, principal_device: str | None, body: 
                 {**existing.as_json(ctx.config.data_dir), "existing": True},
                 headers={"Location": f"{API}/analyses/{existing.id}"},
             )
-        depth = svc.store.depth(conn)
-        if depth >= svc.queue.max_queue:
-            raise ApiError(
-                429,
-                "queue full",
-                f"{depth} analyses are queued or running (analysis.max_queue); retry later",
-                headers={"Retry-After": _retry_after(svc)},
-            )
+        depth = _check_room(ctx, svc, conn, device_id)
         job = svc.store.insert(
             conn,
             device_id=device_id,
@@ -271,11 +296,21 @@ def wait_for(svc: AnalysisService, analysis_id: int, seconds: float) -> Analysis
 def routes(app: Bottle, ctx: Core, svc: AnalysisService) -> None:
     data_dir = ctx.config.data_dir
     body_limit = ctx.config.server.max_body_bytes
+    inline_limit = ctx.config.analysis.max_inline_body_bytes
 
     @app.post(f"{API}/analyze")
     def analyze() -> Any:
         principal = ctx.keys.authenticate()
         body = read_json(body_limit, NonFiniteCounter())
+        size = declared_length() or 0
+        if isinstance(body, dict) and "rows" in body and size > inline_limit:
+            # The inline digest is built inside the request: its own, smaller limit.
+            raise ApiError(
+                413,
+                "payload too large",
+                f"a body with inline rows may have at most {inline_limit} bytes "
+                "(analysis.max_inline_body_bytes); sync the rows and analyse the drive",
+            )
         return submit(ctx, svc, principal.device_id, body)
 
     @app.get(f"{API}/analyses/<analysis_id:id>")
@@ -295,9 +330,9 @@ def routes(app: Bottle, ctx: Core, svc: AnalysisService) -> None:
         principal = ctx.keys.authenticate()
         device_id = query_device_id() or principal.device_id
         if device_id is not None:
+            principal.require_visible(device_id)
             if device_id not in ctx.config.devices:
                 raise UnknownDevice(device_id)
-            principal.require_device(device_id)
         drive_id = query_int("driveId")
         status = query_choice("status", STATUSES)
         limit = query_int("limit", 1, MAX_LIST) or DEFAULT_LIST

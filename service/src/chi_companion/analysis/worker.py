@@ -139,8 +139,13 @@ class AnalysisQueue:
             try:
                 if time.monotonic() >= self._hold_until:
                     job = self.store.claim()
-            except sqlite3.Error as exc:
-                log.error("claiming an analysis failed: %s", exc)
+                self.ctx.faults.recovered(threading.current_thread().name)
+            except Exception as exc:
+                # Any exception, not only the database's: a dead worker is a silent outage.
+                log.exception("claiming an analysis failed")
+                delay = self.ctx.faults.failed(threading.current_thread().name, exc)
+                self._stop.wait(delay)
+                continue
             if job is None:
                 self._wake.wait(IDLE_POLL_SECONDS)
                 self._wake.clear()
@@ -355,13 +360,19 @@ class AnalysisQueue:
         return min(30.0, max(0.25, self.quiet_seconds / 4))
 
     def _auto_loop(self) -> None:
-        while not self._stop.wait(self._auto_interval()):
+        delay = self._auto_interval()
+        while not self._stop.wait(delay):
+            delay = self._auto_interval()
             try:
                 queued = self.scan_quiet_drives()
+                self.ctx.faults.recovered("analysis-auto")
                 if queued:
                     self.notify()
-            except sqlite3.Error as exc:
-                log.warning("automatic analysis scan failed: %s", exc)
+            except Exception as exc:
+                # The scheduler must outlive anything a row can do to it; it backs off
+                # and /health names it until a scan succeeds again.
+                log.exception("automatic analysis scan failed")
+                delay = max(delay, self.ctx.faults.failed("analysis-auto", exc))
 
     def scan_quiet_drives(self) -> int:
         """Queue an analysis for every drive whose newest row arrived more than the

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
 
 from ..core.config import RETENTION_RULES
@@ -110,13 +110,34 @@ def describe(policy: Mapping[str, int]) -> str:
 
 
 def apply_policy(
-    items: Iterable[tuple[K, datetime]], policy: Mapping[str, int]
+    items: Iterable[tuple[K, datetime]],
+    policy: Mapping[str, int],
+    keep_within: timedelta | None = None,
 ) -> list[Decision[K]]:
     """Decide keep/remove for each ``(key, receive time)``; returns decisions newest first.
 
     Items with equal times keep the order they were given in (the sort is stable), so a
     caller that passes them newest first by (time, id) gets a deterministic answer.
+
+    ``keep_within`` is restic's ``--keep-within``: every item received within that long of
+    the newest one is kept as well (reason ``within``), so junk uploads cannot push recent
+    good backups out of the keep_* counts.
     """
+    decisions = _apply_rules(items, policy)
+    if not keep_within or not decisions:
+        return decisions
+    cutoff = _utc(decisions[0].when) - keep_within
+    return [
+        Decision(d.key, d.when, True, (*d.reasons, "within"))
+        if _utc(d.when) >= cutoff and "within" not in d.reasons
+        else d
+        for d in decisions
+    ]
+
+
+def _apply_rules(
+    items: Iterable[tuple[K, datetime]], policy: Mapping[str, int]
+) -> list[Decision[K]]:
     validate_policy(policy)
     ordered = sorted(items, key=lambda item: _utc(item[1]), reverse=True)
     if is_empty(policy):

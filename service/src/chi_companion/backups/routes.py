@@ -28,12 +28,22 @@ from ..core.context import Core
 from ..core.errors import DiskFull, DomainError, NotFound, UnknownDevice
 from ..core.files import is_disk_full
 from ..core.http_errors import to_api_error
-from ..core.http_json import API, ApiError, Body, content_length, declared_length, json_response
+from ..core.http_json import (
+    API,
+    ApiError,
+    Body,
+    content_length,
+    declared_length,
+    header,
+    json_response,
+)
 from ..core.params import query_choice, query_device_id
+from ..core.ratelimit import RateLimit
 from .store import (
     CHUNK,
     Backup,
     BackupStore,
+    Reservation,
     Upload,
     check_device_id,
     check_sha256,
@@ -105,29 +115,29 @@ def _created(backup_json: dict[str, Any], api: str) -> HTTPResponse:
     return json_response(201, backup_json, headers={"Location": location})
 
 
-def _retain(store: BackupStore, device_id: str, backup_type: str) -> None:
-    """Apply retention after the new backup is durable and catalogued. A failure here must
-    not turn a stored backup into an error answer: the Pi would upload it again."""
-    try:
-        store.prune(device_id, backup_type)
-    except Exception:
-        log.exception("retention for %s/%s failed", device_id, backup_type)
-
-
 class _Attempt:
     """What an upload has opened so far: the body being read and the temp file."""
 
     def __init__(self) -> None:
         self.body: UploadBody | None = None
         self.upload: Upload | None = None
+        self.reservation: Reservation | None = None
 
     def abort(self) -> None:
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
+        if self.reservation is not None:
+            # Stored (now counted in the free space) or refused: the claim ends either way.
+            self.reservation.release()
+            self.reservation = None
 
 
 def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
+    uploads = RateLimit(
+        "backup uploads", ctx.config.backups.uploads_per_hour, ctx.config.backups.upload_burst
+    )
+
     def to_api(exc: DomainError | ApiError | sqlite3.Error | OSError) -> ApiError:
         if isinstance(exc, DomainError | sqlite3.Error):
             return to_api_error(exc)
@@ -155,19 +165,22 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             raise _refuse(to_api(exc), attempt.body) from None
         finally:
             attempt.abort()
-        _retain(store, backup.device_id, backup.type)
+        # No retention here: a device request never removes a backup (a stolen key could
+        # flush every good one with junk). `chi-companion backups prune` applies it.
         return _created(backup.as_json(), API)
 
     def put_upload(device_id: str, backup_type: str, filename: str) -> HTTPResponse:
         def steps(attempt: _Attempt) -> Backup:
             principal = ctx.keys.authenticate()
             _device_for_write(principal, device_id, ctx)
+            uploads.take(device_id)
             check_type(backup_type)
             stem, ext = split_client_name(filename)
-            expected = check_sha256(request.get_header("X-Content-SHA256"))
+            expected = check_sha256(header("X-Content-SHA256"))
             attempt.body = body = UploadBody(content_length(store.max_upload_bytes))
-            store.check_space(body.length)
+            attempt.reservation = reservation = store.reserve(body.length)
             attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
+            reservation.upload = upload
             while chunk := body.read():
                 upload.write(chunk)
             return upload.commit(device_id, backup_type, stem, ext, expected)
@@ -188,11 +201,13 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             attempt.body = body = UploadBody(
                 content_length(store.max_upload_bytes + MULTIPART_OVERHEAD)
             )
-            store.check_space(body.length)
-            form = _MultipartForm(ctx, store, principal)
+            # Counts the whole body until the form's file is stored: a little more than the
+            # file itself, the safe side.
+            attempt.reservation = store.reserve(body.length)
+            form = _MultipartForm(ctx, store, principal, uploads)
             attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
-            header_sha = check_sha256(request.get_header("X-Content-SHA256"))
+            header_sha = check_sha256(header("X-Content-SHA256"))
             field_sha = check_sha256(form.fields.get("sha256"))
             if header_sha and field_sha and header_sha != field_sha:
                 raise ApiError(400, "bad sha256", "the sha256 field and header disagree")
@@ -207,7 +222,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
         device_id = query_device_id() or principal.device_id
         backup_type = query_choice("type", BACKUP_TYPES)
         if device_id is not None:
-            principal.require_device(device_id)
+            principal.require_visible(device_id)
         backups = store.list(device_id, backup_type)
         return json_response(200, {"backups": [b.as_json() for b in backups]})
 
@@ -215,7 +230,9 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
         backup = store.get(backup_id)
         if backup is None:
             raise NotFound(f"no backup with id {backup_id}")
-        principal.require_device(backup.device_id)
+        if not principal.may_access(backup.device_id):
+            # Like a missing one: ids are sequential and must not reveal other devices' data.
+            raise NotFound(f"no backup with id {backup_id}")
         return backup
 
     def download(backup_id: int) -> HTTPResponse:
@@ -278,8 +295,11 @@ class _MultipartForm:
     filesystem, so the final link is still atomic and nothing is written twice).
     """
 
-    def __init__(self, ctx: Core, store: BackupStore, principal: Principal) -> None:
+    def __init__(
+        self, ctx: Core, store: BackupStore, principal: Principal, uploads: RateLimit
+    ) -> None:
         self.ctx = ctx
+        self.uploads = uploads
         self.store = store
         self.principal = principal
         self.fields: dict[str, str] = {}
@@ -301,6 +321,7 @@ class _MultipartForm:
         try:
             if name == "deviceId":
                 _device_for_write(self.principal, value, self.ctx)
+                self.uploads.take(value)
             elif name == "type":
                 check_type(value)
         except DomainError as exc:

@@ -27,7 +27,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,6 +288,24 @@ class Upload:
             self._final = None
 
 
+class Reservation:
+    """Room claimed for one upload until it is stored or refused. What its upload has
+    already written is on disk (and out of the free space), so it counts only the rest."""
+
+    def __init__(self, store: BackupStore, declared: int) -> None:
+        self.store = store
+        self.declared = declared
+        self.upload: Upload | None = None
+
+    @property
+    def outstanding(self) -> int:
+        written = self.upload.size if self.upload is not None else 0
+        return max(0, self.declared - written)
+
+    def release(self) -> None:
+        self.store._release(self)
+
+
 # ---------------------------------------------------------------------------- store
 
 
@@ -329,15 +347,19 @@ class BackupStore:
         max_upload_bytes: int,
         min_free_bytes: int,
         policies: dict[str, dict[str, int]],
+        keep_within: timedelta | None = None,
     ) -> None:
         self.root = data_dir / "backups"
         self.db = db
         self.max_upload_bytes = max_upload_bytes
         self.min_free_bytes = min_free_bytes
         self.policies = policies
-        # One prune at a time: two concurrent uploads of one device would otherwise both
+        self.keep_within = keep_within
+        # One prune at a time (per process): two prunes of one device would otherwise both
         # decide from the same listing and race to delete the same files.
         self._prune_lock = threading.Lock()
+        self._space_lock = threading.Lock()
+        self._reservations: set[Reservation] = set()
 
     @classmethod
     def from_config(cls, config: Config, db: Database) -> BackupStore:
@@ -347,6 +369,7 @@ class BackupStore:
             config.backups.max_upload_bytes,
             config.backups.min_free_bytes,
             config.retention,
+            timedelta(days=config.backups.keep_within_days),
         )
 
     # -- paths and space
@@ -378,14 +401,26 @@ class BackupStore:
         st = os.statvfs(path)
         return st.f_bavail * st.f_frsize
 
-    def check_space(self, incoming: int) -> None:
-        """507 before writing when storing ``incoming`` bytes would leave under the minimum."""
-        free = self.free_bytes()
-        if free - incoming < self.min_free_bytes:
-            raise DiskFull(
-                f"storing {incoming} bytes would leave less than the configured minimum free "
-                f"space ({self.min_free_bytes} bytes); {free} bytes are free",
-            )
+    def reserve(self, incoming: int) -> Reservation:
+        """Claim room for ``incoming`` bytes, counting what uploads in flight will still
+        write; 507 when it would leave under the minimum. Under a lock: three uploads that
+        check at once used to see the same free space and all pass (issue 15)."""
+        with self._space_lock:
+            free = self.free_bytes()
+            pending = sum(r.outstanding for r in self._reservations)
+            if free - pending - incoming < self.min_free_bytes:
+                raise DiskFull(
+                    f"storing {incoming} bytes would leave less than the configured minimum "
+                    f"free space ({self.min_free_bytes} bytes); {free} bytes are free and "
+                    f"uploads in progress will still write {pending}",
+                )
+            reservation = Reservation(self, incoming)
+            self._reservations.add(reservation)
+            return reservation
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._space_lock:
+            self._reservations.discard(reservation)
 
     def begin(self, directory: Path, max_bytes: int | None = None) -> Upload:
         try:
@@ -491,7 +526,9 @@ class BackupStore:
         backups = self.list(device_id, backup_type)
         policy = self.policy_for(backup_type)
         by_id = {b.id: b for b in backups}
-        decisions = retention.apply_policy(((b.id, b.received) for b in backups), policy)
+        decisions = retention.apply_policy(
+            ((b.id, b.received) for b in backups), policy, self.keep_within
+        )
         return PruneResult(device_id, backup_type, policy, [(by_id[d.key], d) for d in decisions])
 
     def prune(self, device_id: str, backup_type: str, dry_run: bool = False) -> PruneResult:

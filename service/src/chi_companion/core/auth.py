@@ -11,9 +11,9 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from bottle import request
-
-from .http_json import ApiError
+from .config import key_digest
+from .errors import NotFound
+from .http_json import ApiError, header
 
 OPERATOR = "operator"
 
@@ -29,6 +29,12 @@ class Principal:
     def may_access(self, device_id: str) -> bool:
         return self.is_operator or self.device_id == device_id
 
+    def require_visible(self, device_id: str) -> None:
+        """For reads: another device's data answers 404 like data that does not exist, so a
+        key cannot learn which devices, backups or analyses exist beyond its own."""
+        if not self.may_access(device_id):
+            raise NotFound(f"no device {device_id[:64]!r} is configured", "unknown device")
+
     def require_device(self, device_id: str) -> None:
         if not self.may_access(device_id):
             raise ApiError(
@@ -39,26 +45,32 @@ class Principal:
 
 
 class KeyRing:
-    def __init__(self, devices: dict[str, str], operator_key: str = "") -> None:
+    """Compares the SHA-256 of a presented key with the configured digests: the config
+    holds no usable key, and two digests per device allow a rotation without downtime."""
+
+    def __init__(
+        self, devices: dict[str, tuple[str, ...]], operator_digests: tuple[str, ...] = ()
+    ) -> None:
         self._entries: list[tuple[bytes, Principal]] = [
-            (key.encode(), Principal(device)) for device, key in devices.items()
+            (bytes.fromhex(digest), Principal(device))
+            for device, digests in devices.items()
+            for digest in digests
         ]
-        if operator_key:
-            self._entries.append((operator_key.encode(), Principal(None)))
+        self._entries += [(bytes.fromhex(d), Principal(None)) for d in operator_digests]
 
     def lookup(self, presented: str | None) -> Principal | None:
         if not presented:
             return None
-        candidate = presented.encode("utf-8", "surrogateescape")
+        candidate = bytes.fromhex(key_digest(presented))
         found: Principal | None = None
-        for key, principal in self._entries:
+        for digest, principal in self._entries:
             # No early exit: every key is compared whatever matched.
-            if hmac.compare_digest(key, candidate):
+            if hmac.compare_digest(digest, candidate):
                 found = principal
         return found
 
     def authenticate(self) -> Principal:
-        principal = self.lookup(request.get_header("X-API-Key"))
+        principal = self.lookup(header("X-API-Key"))
         if principal is None:
             raise ApiError(
                 401,

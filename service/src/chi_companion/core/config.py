@@ -10,6 +10,7 @@ print all of them for the operator in one go.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import os
@@ -46,6 +47,7 @@ DEFAULT_RETENTION: dict[str, dict[str, int]] = {
     "config": {"keep_last": 10, "keep_monthly": 12},
 }
 MIN_KEY_LENGTH = 16
+SHA256_HEX_RE = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 class ConfigError(Exception):
@@ -83,6 +85,20 @@ def _port(v: int) -> str | None:
 
 def _positive(v: int | float) -> str | None:
     return None if v > 0 else "must be greater than 0"
+
+
+def _share(v: int | float) -> str | None:
+    return None if 0 < v <= 1 else "must be more than 0 and at most 1"
+
+
+def _sha256_or_empty(v: str) -> str | None:
+    return None if not v or SHA256_HEX_RE.fullmatch(v) else "must be 64 hexadecimal digits"
+
+
+def key_digest(key: str) -> str:
+    """What the config stores and the key ring compares: the key's SHA-256 in hex. The keys
+    are 256 random bits, so a fast hash is enough (no dictionary to guess from)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _non_negative(v: int | float) -> str | None:
@@ -214,6 +230,23 @@ class BackupsSection:
         "reports degraded below it.",
         _non_negative,
     )
+    keep_within_days: int | float = setting(
+        7,
+        "Retention (`chi-companion backups prune`) never removes a backup received within this "
+        "many days of the newest backup of its device and type (restic's --keep-within), "
+        "whatever the keep_* rules say: a stolen device key cannot flush recent good backups "
+        "with junk uploads. Uploads never remove anything.",
+        _non_negative,
+    )
+    uploads_per_hour: int | float = setting(
+        12,
+        "Backup uploads each device may make per hour on average; beyond its burst an upload "
+        "is refused with 429 and Retry-After.",
+        _positive,
+    )
+    upload_burst: int = setting(
+        10, "Uploads a device may make at once before uploads_per_hour applies.", _positive
+    )
 
 
 @dataclass(frozen=True)
@@ -261,6 +294,18 @@ class AnalysisSection:
     max_queue: int = setting(
         100, "Queued and running analyses at most; past it POST /analyze answers 429.", _positive
     )
+    device_queue_share: int | float = setting(
+        0.5,
+        "Share of analysis.max_queue one device may hold (at least 1 job): past it that "
+        "device's POST /analyze answers 429, so one key cannot fill the queue for all.",
+        _share,
+    )
+    max_inline_body_bytes: int = setting(
+        1024**2,
+        "Largest POST /analyze body with inline rows (their digest is built in the request); "
+        "bigger is refused with 413. Sync the rows and analyse the drive instead.",
+        _positive,
+    )
 
 
 @dataclass(frozen=True)
@@ -282,7 +327,17 @@ class ReplicationSection:
 class OperatorSection:
     """[operator]: the operator's key (reads and manages every device's data)."""
 
-    api_key: str = setting("", "Operator API key (at least 16 characters); empty: no operator key.")
+    api_key: str = setting(
+        "",
+        "Operator API key in clear (at least 16 characters); accepted with a warning: store "
+        "api_key_sha256 instead. Empty: none.",
+    )
+    api_key_sha256: str = setting(
+        "",
+        "SHA-256 (64 hex digits) of the operator key, as `chi-companion gen-key` prints it; "
+        "empty: none.",
+        _sha256_or_empty,
+    )
 
 
 def _networks(v: str) -> str | None:
@@ -369,8 +424,19 @@ class Config:
     replication: ReplicationSection
     operator: OperatorSection
     metrics: MetricsSection
-    devices: dict[str, str]  # device id -> api key
+    # device id -> SHA-256 hex digests of its keys (two during a rotation)
+    devices: dict[str, tuple[str, ...]]
     retention: dict[str, dict[str, int]] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # accepted but worth fixing (keys in clear)
+
+    @property
+    def operator_digests(self) -> tuple[str, ...]:
+        digests = []
+        if self.operator.api_key:
+            digests.append(key_digest(self.operator.api_key))
+        if self.operator.api_key_sha256:
+            digests.append(self.operator.api_key_sha256.lower())
+        return tuple(digests)
 
     @property
     def data_dir(self) -> Path:
@@ -480,8 +546,13 @@ def _retention(raw: Any, problems: list[tuple[str, str]]) -> dict[str, dict[str,
     return result
 
 
-def _devices(raw: Any, problems: list[tuple[str, str]]) -> dict[str, str]:
-    devices: dict[str, str] = {}
+MAX_KEYS_PER_DEVICE = 2  # the old and the new key during a rotation
+
+
+def _devices(
+    raw: Any, problems: list[tuple[str, str]], warnings: list[str]
+) -> dict[str, tuple[str, ...]]:
+    devices: dict[str, tuple[str, ...]] = {}
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -493,22 +564,56 @@ def _devices(raw: Any, problems: list[tuple[str, str]]) -> dict[str, str]:
             problems.append((where, f"device id must be {DEVICE_ID_RULE}"))
             continue
         if not isinstance(entry, dict):
-            problems.append((where, "must be a table with api_key"))
+            problems.append((where, "must be a table with api_key_sha256 (or api_key)"))
             continue
         for key in entry:
-            if key != "api_key":
-                problems.append((f"{where}.{key}", "unknown setting (known: api_key)"))
-        key = entry.get("api_key")
-        if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
-            # The key itself is never echoed: check-config output ends up in CI logs and tickets.
+            if key not in ("api_key", "api_key_sha256"):
+                problems.append(
+                    (f"{where}.{key}", "unknown setting (known: api_key_sha256, api_key)")
+                )
+        digests: list[str] = []
+        if "api_key" in entry:
+            key = entry["api_key"]
+            if not isinstance(key, str) or len(key) < MIN_KEY_LENGTH:
+                # The key itself is never echoed: check-config output ends up in CI logs.
+                problems.append(
+                    (
+                        f"{where}.api_key",
+                        f"must be a string of at least {MIN_KEY_LENGTH} characters",
+                    )
+                )
+                continue
+            digests.append(key_digest(key))
+            warnings.append(
+                f"{where}.api_key: the key is stored in clear; replace it by "
+                f'api_key_sha256 = "{digests[-1]}"'
+            )
+        hashed = entry.get("api_key_sha256")
+        if hashed is not None:
+            values = [hashed] if isinstance(hashed, str) else hashed
+            if not isinstance(values, list) or not all(
+                isinstance(v, str) and SHA256_HEX_RE.fullmatch(v) for v in values
+            ):
+                problems.append(
+                    (
+                        f"{where}.api_key_sha256",
+                        "must be 64 hexadecimal digits, or a list of them (rotation)",
+                    )
+                )
+                continue
+            digests.extend(v.lower() for v in values)
+        if not digests:
+            problems.append((where, "needs api_key_sha256 (see chi-companion gen-key)"))
+            continue
+        if len(digests) > MAX_KEYS_PER_DEVICE:
             problems.append(
-                (f"{where}.api_key", f"must be a string of at least {MIN_KEY_LENGTH} characters")
+                (where, f"at most {MAX_KEYS_PER_DEVICE} keys (the old and the new one)")
             )
             continue
-        devices[device_id] = key
+        devices[device_id] = tuple(digests)
     if not devices and not problems:
         problems.append(
-            ("devices", "at least one [devices.<deviceId>] with an api_key is required")
+            ("devices", "at least one [devices.<deviceId>] with an api_key_sha256 is required")
         )
     return devices
 
@@ -531,19 +636,35 @@ def parse(data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = 
     raw_sections = {**data, "backups": backups_raw}
     sections = {name: _section(name, raw_sections.get(name), env, problems) for name in SCHEMA}
     retention = _retention(retention_raw, problems)
-    devices = _devices(data.get("devices"), problems)
+    warnings: list[str] = []
+    devices = _devices(data.get("devices"), problems, warnings)
     operator_key = sections["operator"]["api_key"]
+    operator_digests: list[str] = []
     if operator_key and len(operator_key) < MIN_KEY_LENGTH:
         problems.append(
             ("operator.api_key", f"must be empty or at least {MIN_KEY_LENGTH} characters")
         )
-    all_keys = list(devices.values()) + ([operator_key] if operator_key else [])
+    elif operator_key:
+        operator_digests.append(key_digest(operator_key))
+        warnings.append(
+            "operator.api_key: the key is stored in clear; replace it by "
+            f'api_key_sha256 = "{operator_digests[-1]}"'
+        )
+    if sections["operator"]["api_key_sha256"]:
+        operator_digests.append(str(sections["operator"]["api_key_sha256"]).lower())
+    all_keys = [d for ds in devices.values() for d in ds] + operator_digests
     if len(set(all_keys)) != len(all_keys):
         problems.append(("devices", "two devices (or a device and the operator) share an api_key"))
     if problems:
         raise ConfigError(source, problems)
     typed = {name: SECTIONS[name](**values) for name, values in sections.items()}
-    return Config(source=source, devices=devices, retention=retention, **typed)
+    return Config(
+        source=source,
+        devices=devices,
+        retention=retention,
+        warnings=tuple(warnings),
+        **typed,
+    )
 
 
 def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:

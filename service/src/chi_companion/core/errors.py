@@ -65,3 +65,11 @@ class Unavailable(DomainError):
     def __init__(self, detail: str, retry_after: int = 5) -> None:
         super().__init__("service unavailable", detail)
         self.retry_after = retry_after
+
+
+class RateLimited(DomainError):
+    """Too many requests of one kind from one device: the client waits ``retry_after`` s."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__("too many requests", detail)
+        self.retry_after = retry_after

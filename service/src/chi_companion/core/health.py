@@ -1,12 +1,14 @@
 """GET /api/v1/health: a cheap overall status with one entry per component.
 
-Public (no key), so it reports states and numbers only: no keys, no paths.
+Without a key it answers the overall status and version only; the components need a key
+(``visible_to``). It reports states and numbers only: no keys, no paths.
 Slow dependencies (Ollama) are reported from what their background pollers
 last saw, never probed inline, so health stays fast when they hang.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sqlite3
@@ -15,6 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import __version__
+from .auth import Principal
 from .config import Config
 from .db import connect
 
@@ -86,3 +89,24 @@ def health_report(
         "components": components,
         "devices": {dev: {"lastSyncAt": devices.get(dev)} for dev in sorted(config.devices)},
     }
+
+
+def visible_to(report: dict[str, Any], principal: Principal | None) -> dict[str, Any]:
+    """What a caller may see of the report. Without a key: the overall status and version
+    only (the components tell when each car last synced, i.e. when it is home). A device key:
+    the components with only its own device's entries. The operator: everything."""
+    if principal is None:
+        return {"status": report["status"], "version": report["version"]}
+    if principal.is_operator:
+        return report
+    own = principal.device_id
+    shown = copy.deepcopy(report)
+    shown["devices"] = {d: v for d, v in report["devices"].items() if d == own}
+    for component in shown["components"].values():
+        per_device = component.get("devices")
+        if isinstance(per_device, dict):
+            component["devices"] = {d: v for d, v in per_device.items() if d == own}
+    background = shown["components"].get("background")
+    if isinstance(background, dict):
+        background.pop("failing", None)  # errors may quote another device's data
+    return shown

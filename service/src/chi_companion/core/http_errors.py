@@ -22,6 +22,7 @@ from .errors import (
     Invalid,
     Malformed,
     NotFound,
+    RateLimited,
     TooLarge,
     Unavailable,
 )
@@ -37,6 +38,7 @@ STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (TooLarge, 413),
     (DiskFull, 507),
     (Unavailable, 503),
+    (RateLimited, 429),
 )
 
 
@@ -53,7 +55,7 @@ def to_api_error(exc: DomainError | sqlite3.Error) -> ApiError:
     headers: dict[str, str] | None = None
     if isinstance(exc, DiskFull):
         headers = {"Retry-After": DISK_FULL_RETRY_AFTER}
-    elif isinstance(exc, Unavailable):
+    elif isinstance(exc, Unavailable | RateLimited):
         headers = {"Retry-After": str(exc.retry_after)}
     return ApiError(status_of(exc), exc.error, exc.detail, headers=headers)
 
@@ -61,7 +63,7 @@ def to_api_error(exc: DomainError | sqlite3.Error) -> ApiError:
 def transient_db_error(exc: sqlite3.Error) -> ApiError:
     """A database fault is not the client's fault: 503 tells the Pi to retry later."""
     text = str(exc)
-    if "full" in text:
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in text:
         log.error("database write failed: disk full")
         return to_api_error(DiskFull())
     log.error("database error: %s", text)

@@ -50,6 +50,17 @@ class ApiError(HTTPResponse):
         self.detail = detail
 
 
+def header(name: str) -> str | None:
+    """A request header as the server received it (each byte one latin-1 character).
+
+    Not Bottle's ``request.get_header``: it decodes the value as UTF-8 and raises on bytes
+    like ``\\xff``, which ended as a 500 before any key was checked. A value read here is
+    compared or matched as is, so a non-ASCII byte is simply a value no rule accepts (401 or
+    400)."""
+    value = request.environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
+
+
 def require_json_content_type() -> None:
     ctype = request.environ.get("CONTENT_TYPE", "")
     mime = ctype.split(";", 1)[0].strip().lower()
@@ -64,11 +75,10 @@ def require_json_content_type() -> None:
 def declared_length() -> int | None:
     """The request's Content-Length, or None when it is absent or not a count of bytes."""
     raw = request.environ.get("CONTENT_LENGTH", "")
-    try:
-        length = int(raw)
-    except ValueError:
+    # ASCII digits only: int() would also take " 12", "1_000" and other scripts' digits.
+    if not (isinstance(raw, str) and raw.isascii() and raw.isdigit()):
         return None
-    return length if length >= 0 else None
+    return int(raw)
 
 
 def content_length(limit: int) -> int:

@@ -23,7 +23,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.util import close_graceful
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
-from .config import Config
+from .config import Config, ConfigError, load
 
 log = logging.getLogger("chi_companion")
 LOG_FILE_BYTES = 10 * 1024 * 1024
@@ -118,9 +118,28 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
         self.build = build
         self.make_app = make_app
         self.ctx: S | None = None
+        self._loaded = False
         super().__init__()
 
+    def _reread(self) -> None:
+        """On SIGHUP (``systemctl reload``) gunicorn asks for the settings again, then
+        replaces the worker gracefully: the new worker is built from the config file as it is
+        now, so new or rotated keys apply without stopping the service. A config that no
+        longer loads is refused and the running one kept."""
+        try:
+            fresh = load(self.companion_config.source)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration:\n%s", exc)
+            return
+        for warning in fresh.warnings:
+            log.warning("config: %s", warning)
+        self.companion_config = fresh
+        log.info("configuration reloaded from %s", fresh.source)
+
     def load_config(self) -> None:
+        if self._loaded:
+            self._reread()
+        self._loaded = True
         server = self.companion_config.server
         host = server.host
         bind = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
@@ -173,6 +192,8 @@ def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S])
     master_ctx.close()
     # Logging is set up again: prepare_storage may just have created logs/.
     setup_logging(config)
+    for warning in config.warnings:
+        log.warning("config: %s", warning)
     log.info(
         "chi-companion listening on %s:%s, data in %s",
         config.server.host,

@@ -17,7 +17,7 @@ from bottle import HTTPResponse, request
 
 from ..analysis import routes as analysis_routes
 from ..companion import Companion
-from ..core.http_json import ApiError
+from ..core.http_json import ApiError, header
 from . import views
 from .html import CSP, esc, page
 from .session import COOKIE, Session, Sessions
@@ -102,8 +102,8 @@ def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> Non
         return wrapper
 
     def same_origin() -> None:
-        origin = request.get_header("Origin")
-        host = request.get_header("Host")
+        origin = header("Origin")  # as received: a non-UTF-8 byte must not be a 500
+        host = header("Host")
         if origin and host and origin.split("://", 1)[-1] != host:
             raise ApiError(403, "forbidden", "cross-origin form")
 

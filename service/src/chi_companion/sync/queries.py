@@ -7,8 +7,11 @@ their events through these functions (import-linter allows it this module and no
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from collections.abc import Iterator
+
+from ..core.ids import INT64_MAX, INT64_MIN
 
 # Seconds since the Unix epoch from any timestamp SQLite's date functions read:
 # the Pi sends "...T...Z", "YYYY-MM-DD HH:MM:SS" and naive times with microseconds.
@@ -72,18 +75,31 @@ def drive_exists(conn: sqlite3.Connection, device_id: str, drive_id: int) -> boo
 
 def drive_ids(conn: sqlite3.Connection, device_id: str) -> Iterator[int]:
     """Distinct drive ids of a device by skipping through the drive index: one
-    index seek per drive, instead of reading every row of every drive."""
-    last: int | None = None
+    index seek per drive, instead of reading every row of every drive.
+
+    Sync refuses drive ids that are not 64-bit integers, but a row written some other way
+    (an old release, a hand edit) may hold 1.5, 1e300 or "zz": those are stepped over, never
+    yielded, and every step raises the lower bound, so the walk always ends."""
+    bound = INT64_MIN
     while True:
         row = conn.execute(
             """SELECT min(drive_id) FROM synced_rows INDEXED BY synced_rows_by_drive
-               WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id > ?""",
-            (device_id, last if last is not None else -(2**63)),
+               WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id >= ?""",
+            (device_id, bound),
         ).fetchone()
-        if row is None or row[0] is None:
+        value = None if row is None else row[0]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return  # nothing left, or text/blob, which SQLite sorts after every number
+        if isinstance(value, float):
+            # Not an integer: the next integer above it is the next candidate.
+            if not math.isfinite(value) or value >= INT64_MAX:
+                return
+            bound = math.floor(value) + 1
+            continue
+        yield value
+        if value >= INT64_MAX:
             return
-        last = int(row[0])
-        yield last
+        bound = value + 1
 
 
 def received_since(conn: sqlite3.Connection, device_id: str, drive_id: int, cutoff: str) -> bool:

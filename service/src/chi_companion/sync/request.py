@@ -65,6 +65,30 @@ def _scrub(value: Any) -> tuple[Any, int]:
     return value, 0
 
 
+# Fields the server derives something from (timestamps are parsed by SQLite's date functions,
+# which give NULL for anything else: a string or nothing is all they may be).
+TIMESTAMP_FIELDS = ("timestamp", "created_at")
+
+
+def _check_derived(table: str, index: int, row: dict[str, Any]) -> None:
+    """Refuse a row whose derived fields could poison what is built from them: a drive id
+    that is not a 64-bit integer once made the analysis scheduler spin or die (issue 15)."""
+    if "drive_id" in row and row["drive_id"] is not None:
+        drive_id = as_int64(row["drive_id"])
+        if drive_id is None:
+            shown = json.dumps(row["drive_id"])[:40]
+            raise _bad(
+                f"tables.{table}.rows[{index}].drive_id must be a 64-bit integer or null, "
+                f"got {shown}"
+            )
+        row["drive_id"] = drive_id  # 5.0 is stored as 5, so SQLite sees an INTEGER
+    for key in TIMESTAMP_FIELDS:
+        value = row.get(key)
+        if value is not None and not isinstance(value, str):
+            shown = json.dumps(value)[:40]
+            raise _bad(f"tables.{table}.rows[{index}].{key} must be a string or null, got {shown}")
+
+
 def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
     """Check a parsed sync body against the contract; raise a 4xx naming the bad field."""
     if not isinstance(body, dict):
@@ -111,6 +135,7 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
                 raise _bad(f"tables.{name}.rows[{index}].id must be a 64-bit integer, got {shown}")
             row["id"] = row_id
             ids.append(row_id)
+            _check_derived(name, index, row)
         try:
             rows_json = _ENCODER.encode(rows)
         except ValueError:

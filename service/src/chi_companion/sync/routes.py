@@ -64,7 +64,7 @@ def routes(app: Bottle, ctx: Core, store: SyncStore) -> None:
                 200,
                 {"devices": [store.status(ctx.db.conn(), dev) for dev in sorted(cfg.devices)]},
             )
+        principal.require_visible(device_id)
         if device_id not in cfg.devices:
             raise UnknownDevice(device_id)
-        principal.require_device(device_id)
         return json_response(200, store.status(ctx.db.conn(), device_id))

@@ -1,10 +1,13 @@
 """What the companion scenario's test modules share: the role's paths, the scenario's hosts,
-and a small HTTP helper (requests, from requirements-dev.txt)."""
+a small HTTP helper (requests, from requirements-dev.txt) and the one way tests run the
+scenario's converge playbook again."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,29 @@ DEVICE = "chi-eclipse-01"
 SCENARIO_DIR = Path(__file__).resolve().parent.parent
 REPO = SCENARIO_DIR.parents[3]
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RECAP = re.compile(r"companion\s*:\s*ok=\d+\s+changed=(\d+)\s+unreachable=0\s+failed=(\d+)")
+
+
+def converge(*args: str, timeout: int = 900) -> tuple[int, str]:
+    """Runs the scenario's converge.yml again with extra ansible-playbook arguments (--check,
+    --tags, --extra-vars ...); returns its exit code and its output without colours."""
+    result = subprocess.run(
+        ["ansible-playbook", "--inventory", INVENTORY, str(SCENARIO_DIR / "converge.yml"), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+        timeout=timeout,
+    )
+    return result.returncode, ANSI.sub("", result.stdout + result.stderr)
+
+
+def recap(output: str) -> tuple[int, int]:
+    """(changed, failed) of the companion host in a play's recap."""
+    match = RECAP.search(output)
+    assert match, output[-3000:]
+    return int(match.group(1)), int(match.group(2))
 
 
 def http(

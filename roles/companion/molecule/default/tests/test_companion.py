@@ -10,9 +10,7 @@ else already in place.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import tomllib
 from typing import Any
 
@@ -23,13 +21,12 @@ from scenario import (
     CONFIG,
     DATA_DIR,
     DEVICE,
-    INVENTORY,
     PORT,
     REPO,
-    SCENARIO_DIR,
     SERVICE,
     USER,
     VENV,
+    converge,
     http,
 )
 
@@ -167,10 +164,11 @@ def test_port_listening(host: Any) -> None:
     assert host.socket(f"tcp://0.0.0.0:{PORT}").is_listening
 
 
-def test_health_answers_on_the_host(host: Any) -> None:
-    out = host.check_output(
-        f"curl -sS -w '\\n%{{http_code}}' http://127.0.0.1:{PORT}/api/v1/health"
-    )
+def test_health_answers_on_the_host(host: Any, vault_key: str) -> None:
+    url = f"http://127.0.0.1:{PORT}/api/v1/health"
+    # Without a key: the overall status and the version, nothing a stranger could use.
+    assert set(json.loads(host.check_output(f"curl -sSf {url}"))) == {"status", "version"}
+    out = host.check_output(f"curl -sS -H 'X-API-Key: {vault_key}' -w '\\n%{{http_code}}' {url}")
     body, code = out.rsplit("\n", 1)
     assert code == "200"
     health = json.loads(body)
@@ -240,26 +238,15 @@ def test_bad_config_fails_the_play_and_leaves_the_service_running(
 ) -> None:
     pid_before = host.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     config_before = host.file(CONFIG).sha256sum
-    result = subprocess.run(
-        [
-            "ansible-playbook",
-            "--inventory",
-            INVENTORY,
-            str(SCENARIO_DIR / "converge.yml"),
-            "--extra-vars",
-            '{"companion_ollama_keep_alive": "forever"}',
-            # The config step alone: what is tested is its validate-before-replace.
-            "--tags",
-            "companion_configure",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=os.environ,
+    code, output = converge(
+        "--extra-vars",
+        '{"companion_ollama_keep_alive": "forever"}',
+        # The config step alone: what is tested is its validate-before-replace.
+        "--tags",
+        "companion_configure",
         timeout=600,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode != 0, output[-3000:]
+    assert code != 0, output[-3000:]
     assert "failed to validate" in output, output[-3000:]
     assert "ollama.keep_alive" in output, "the checker's own message reaches the user"
     assert vault_key not in output, "the failure must not print the config's keys"
