@@ -407,16 +407,19 @@ def test_two_runs_started_together_one_runs_the_other_exits_on_the_lock(
     assert "skipped: another replication run is in progress" in server.file(LOG_FILE).content_string
 
 
-def test_a_backup_already_on_the_nas_is_never_overwritten(
-    server: Any, nas: Any, base_url: str, device_key: str
-) -> None:
-    """A backup changed on the server after its copy (damage, tampering) keeps the NAS's copy."""
-    data = b"good backup\n" * 1000
-    stored = upload(base_url, device_key, "database", unique_name("keep"), data)
-    relative = f"backups/{DEVICE}/database/{stored['name']}"
-    path = f"{DATA_DIR}/{relative}"
+def test_a_backup_already_on_the_nas_is_never_overwritten(server: Any, nas: Any) -> None:
+    """A backup changed on the server after its copy (damage, tampering) keeps the NAS's copy.
+
+    Uses a backup the tests above uploaded: the companion limits uploads per device.
+    """
     assert replicate(server).rc == 0
-    assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == stored["sha256"]
+    relative = server.check_output(
+        f"cd {DATA_DIR} && find backups -type f -name '*.db' | sort | head -n 1"
+    ).strip()
+    assert relative, "no backup to tamper with"
+    path = f"{DATA_DIR}/{relative}"
+    original = server.file(path).sha256sum
+    assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == original
 
     # Other bytes, another size and a newer time: rsync's quick check would send it again.
     server.check_output(f"cp -p {path} /tmp/keep.orig")
@@ -425,7 +428,7 @@ def test_a_backup_already_on_the_nas_is_never_overwritten(
         run = replicate(server)
         assert run.rc == 0, run.stderr
         assert relative not in run.stdout  # not even listed as sent
-        assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == stored["sha256"]
+        assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == original
     finally:
         server.check_output(f"cp -p /tmp/keep.orig {path}")
 
