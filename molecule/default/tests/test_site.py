@@ -44,6 +44,8 @@ NAS_DAEMON_TARGET = "/srv/nas/chi-replica-daemon/chi-srv-01"
 NAS_MIRROR_TARGET = "/srv/nas/chi-replica/chi-srv-01-mirror"
 DEVICE = "chi-eclipse-01"
 EXIT_LOCKED = 75
+NAS_KEY = "/etc/chi-nas-replication/id_ed25519"
+AS_REPLICATION = "runuser -u chi-companion -- "
 RSYNC_MAX_DELETE_EXCEEDED = 25
 
 
@@ -236,6 +238,33 @@ def test_a_nas_with_another_host_key_is_refused(server: Any) -> None:
     assert "Host key verification failed" in result.stderr
 
 
+def test_the_companion_process_cannot_read_the_nas_key(server: Any) -> None:
+    """The service runs as the same user as the wrapper, but its unit hides the key's directory.
+
+    Checked in the running service's own mount namespace, as its user, against the unit's real
+    properties; the same read outside the unit is the control that shows the key is there.
+    """
+    props = server.check_output(
+        "systemctl show chi-companion -p InaccessiblePaths -p User -p MainPID"
+    ).splitlines()
+    values = dict(line.split("=", 1) for line in props)
+    assert values["User"] == "chi-companion"
+    assert "/etc/chi-nas-replication" in values["InaccessiblePaths"]
+    pid = values["MainPID"]
+    assert pid != "0"
+
+    outside = server.run(f"{AS_REPLICATION} head -c 35 {NAS_KEY}")
+    assert outside.rc == 0 and outside.stdout.startswith("-----BEGIN OPENSSH PRIVATE KEY")
+
+    as_service = f"nsenter -t {pid} -m setpriv --reuid=chi-companion --regid=chi-companion"
+    inside = server.run(f"{as_service} --clear-groups cat {NAS_KEY}")
+    assert inside.rc != 0 and inside.stdout == ""
+    assert "Permission denied" in inside.stderr, inside.stderr
+    # Not even root in the service's view finds the key: the directory is an empty stand-in.
+    assert server.run(f"nsenter -t {pid} -m test -e {NAS_KEY}").rc == 1
+    # The wrapper (cron, same user, outside the unit) still copies: see the copy tests below.
+
+
 # ------------------------------------------------------------------------------ the copy
 
 
@@ -376,6 +405,32 @@ def test_two_runs_started_together_one_runs_the_other_exits_on_the_lock(
     relative = f"backups/{DEVICE}/database/{stored['name']}"
     assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == stored["sha256"]
     assert "skipped: another replication run is in progress" in server.file(LOG_FILE).content_string
+
+
+def test_a_backup_already_on_the_nas_is_never_overwritten(server: Any, nas: Any) -> None:
+    """A backup changed on the server after its copy (damage, tampering) keeps the NAS's copy.
+
+    Uses a backup the tests above uploaded: the companion limits uploads per device.
+    """
+    assert replicate(server).rc == 0
+    relative = server.check_output(
+        f"cd {DATA_DIR} && find backups -type f -name '*.db' | sort | head -n 1"
+    ).strip()
+    assert relative, "no backup to tamper with"
+    path = f"{DATA_DIR}/{relative}"
+    original = server.file(path).sha256sum
+    assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == original
+
+    # Other bytes, another size and a newer time: rsync's quick check would send it again.
+    server.check_output(f"cp -p {path} /tmp/keep.orig")
+    try:
+        server.check_output(f"printf 'tampered' >{path} && touch -d '+1 hour' {path}")
+        run = replicate(server)
+        assert run.rc == 0, run.stderr
+        assert relative not in run.stdout  # not even listed as sent
+        assert nas_sha256(nas, f"{NAS_TARGET}/{relative}") == original
+    finally:
+        server.check_output(f"cp -p /tmp/keep.orig {path}")
 
 
 def test_backup_rotated_away_on_the_server_stays_on_the_nas(

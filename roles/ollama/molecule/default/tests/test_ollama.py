@@ -131,3 +131,64 @@ def test_tags_list_the_model(host: Any) -> None:
 
 def test_no_archive_left_behind(host: Any) -> None:
     assert host.file("/var/cache/ollama-install").listdir() == []
+
+
+# Before the sandbox (issue 15) the unit scored 9.2 "UNSAFE". 2.0 leaves a little room above
+# today's 1.6 "OK"; what is left is what the GPU and the model pulls need (devices, network,
+# writable+executable memory for CUDA's JIT), see templates/hardening.conf.j2.
+# systemd-analyze's --threshold is in tenths.
+SECURITY_THRESHOLD = 2.0
+
+
+def test_sandbox_scored_by_systemd_analyze(host: Any) -> None:
+    result = host.run(
+        "systemd-analyze security --threshold=%s ollama.service", str(int(SECURITY_THRESHOLD * 10))
+    )
+    overall = [line for line in result.stdout.splitlines() if "Overall exposure level" in line]
+    assert result.rc == 0, overall or result.stderr
+    score = float(overall[0].split(":")[1].split()[0])
+    assert score <= SECURITY_THRESHOLD, overall[0]
+
+
+def test_sandbox_properties_applied(host: Any, ansible_vars: dict[str, Any]) -> None:
+    props = host.run(
+        "systemctl show ollama -p ProtectSystem -p ProtectHome -p PrivateTmp -p NoNewPrivileges"
+        " -p DevicePolicy -p ReadWritePaths -p MemoryDenyWriteExecute"
+    ).stdout.splitlines()
+    assert sorted(props) == [
+        "DevicePolicy=closed",
+        "MemoryDenyWriteExecute=no",  # CUDA's JIT needs writable+executable memory
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "ProtectSystem=strict",
+        f"ReadWritePaths={ansible_vars['ollama_models_dir']} /usr/share/ollama",
+    ]
+    devices = host.run("systemctl show ollama -p DeviceAllow").stdout
+    assert "char-nvidia-frontend rw" in devices and "char-nvidia-uvm rw" in devices
+
+
+def test_running_process_is_sandboxed(host: Any) -> None:
+    """The kernel's view of the running server: no capabilities, no new privileges, seccomp."""
+    pid = host.run("systemctl show ollama -p MainPID --value").stdout.strip()
+    assert pid not in ("", "0")
+    status = dict(
+        line.split(":", 1) for line in host.file(f"/proc/{pid}/status").content_string.splitlines()
+    )
+    assert status["CapBnd"].strip() == "0000000000000000"
+    assert status["CapEff"].strip() == "0000000000000000"
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"  # filter mode
+
+
+def test_server_cannot_write_outside_its_directories(host: Any) -> None:
+    """In the server's own mount namespace: even root cannot change the system there."""
+    pid = host.run("systemctl show ollama -p MainPID --value").stdout.strip()
+    for path in ("/usr/local/bin/ollama", "/etc/hostname", "/var/lib"):
+        written = host.run(f"nsenter -t {pid} -m touch {path}")
+        assert written.rc != 0 and "Read-only file system" in written.stderr, path
+    enter = f"nsenter -t {pid} -m setpriv --reuid=ollama --regid=ollama --clear-groups"
+    models = host.run(f"{enter} sh -c 'touch /srv/ollama/models/.w && rm /srv/ollama/models/.w'")
+    assert models.rc == 0, models.stderr
+    tmp = host.run(f"{enter} sh -c 'ls /tmp'")
+    assert tmp.rc == 0 and tmp.stdout.strip() == ""  # PrivateTmp: its own, empty /tmp
