@@ -127,6 +127,23 @@ def test_units_enabled_and_running(host: Any) -> None:
         assert svc.is_running, unit
 
 
+def test_backup_retention_runs_from_its_daily_timer(host: Any) -> None:
+    # Uploads never delete anything; retention is this timer's job, as the service user, in a
+    # sandbox without network.
+    timer = host.service(f"{SERVICE}-prune.timer")
+    assert timer.is_enabled and timer.is_running
+    assert "03:30:00" in host.check_output(
+        f"systemctl show -p TimersCalendar --value {SERVICE}-prune.timer"
+    )
+    host.run_expect([0], f"systemctl start {SERVICE}-prune.service")
+    show = host.check_output(
+        f"systemctl show -p Result -p User -p PrivateNetwork --value {SERVICE}-prune.service"
+    ).split()
+    assert show == ["success", USER, "yes"], show
+    journal = host.check_output(f"journalctl -u {SERVICE}-prune.service -o cat --no-pager")
+    assert "kept, 0 removed" in journal, journal[-2000:]
+
+
 def test_unit_is_hardened(host: Any) -> None:
     props = dict(
         line.split("=", 1)

@@ -15,6 +15,8 @@ testinfra_hosts = ["ansible://companion"]
 INSTALLED = [
     f"/etc/systemd/system/{SERVICE}.service",
     f"/etc/systemd/system/{SERVICE}-firewall.service",
+    f"/etc/systemd/system/{SERVICE}-prune.service",
+    f"/etc/systemd/system/{SERVICE}-prune.timer",
     "/usr/local/bin/chi-companion",
     VENV,
     CONFIG,
