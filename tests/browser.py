@@ -11,9 +11,15 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMEDRIVER = os.environ.get("CHI_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -58,3 +64,30 @@ def full_page_screenshot(driver: webdriver.Chrome, path: Path) -> Path:
     driver.set_window_size(width, max(600, int(height) + 120))
     driver.save_screenshot(str(path))
     return path
+
+
+def left(old: WebElement) -> Any:
+    """A wait condition: `old` no longer belongs to the page. Selenium's staleness_of only
+    knows the stale-element error; mid-navigation Chromium sometimes answers "Node with given
+    id does not belong to the document" instead (seen under load), which means the same."""
+
+    def gone(_: WebDriver) -> bool:
+        try:
+            old.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    return gone
+
+
+def go(b: WebDriver, by: str, what: str) -> None:
+    """Click something that loads a new page, and wait until the old page is gone: the
+    next lookups must not find elements of the page being left."""
+    old = b.find_element(By.TAG_NAME, "html")
+    b.find_element(by, what).click()
+    WebDriverWait(b, 20).until(left(old))

@@ -16,10 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.expected_conditions import staleness_of
-from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import ROOT, chromium, full_page_screenshot
+from tests.browser import ROOT, chromium, full_page_screenshot, go
 from tests.companion_process import Companion
 from tests.drive_rows import drive_rows
 from tests.ollama_emulator import OllamaEmulator
@@ -82,9 +80,7 @@ def main() -> int:
             with chromium(1200, 900) as b:
                 b.get(comp.url + "/login")
                 b.find_element(By.NAME, "key").send_keys(comp.operator_key)
-                old = b.find_element(By.TAG_NAME, "html")
-                b.find_element(By.CSS_SELECTOR, "#sign-in button").click()
-                WebDriverWait(b, 20).until(staleness_of(old))
+                go(b, By.CSS_SELECTOR, "#sign-in button")
                 full_page_screenshot(b, OUT / "overview.png")
                 b.get(f"{comp.url}/devices/{comp.device}/drives/3")
                 full_page_screenshot(b, OUT / "drive.png")

@@ -143,6 +143,36 @@ def test_root_and_head_and_version(emu: OllamaEmulator) -> None:
     assert call_json(emu.url, "GET", "/api/version") == (200, {"version": "0.12.3"})
 
 
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        ("127.0.0.1:11434", 200),
+        ("localhost:11434", 200),
+        ("10.27.27.100:11434", 200),  # a private address, as the LAN proxy's clients send
+        (f"{socket.gethostname()}:11434", 200),  # the server's own hostname
+        ("chi-srv-01.local:11434", 200),
+        ("[::1]:11434", 200),
+        ("chi-srv-01.example.org:11434", 403),  # a DNS name: Ollama refuses it
+        ("203.0.113.7:11434", 403),  # a public address
+    ],
+)
+def test_loopback_server_checks_the_host_header(
+    emu: OllamaEmulator, host: str, status: int
+) -> None:
+    # Ollama's DNS-rebinding guard applies to a server bound to loopback (ours always is: the
+    # LAN exposure is a socket proxy in front of it). Only the Host header changes here.
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=10)
+    try:
+        conn.request("GET", "/api/version", headers={"Host": host})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == status, body
+    if status == 403:
+        assert body == b""
+
+
 def test_tags_shape_and_model_changes(emu: OllamaEmulator) -> None:
     status, body = call_json(emu.url, "GET", "/api/tags")
     assert status == 200

@@ -13,10 +13,8 @@ from chi_companion.page.downsample import min_max
 from chi_companion.page.views import CHART_BUCKETS
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
-from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser import SCREENSHOTS, chromium, full_page_screenshot
+from tests.browser import SCREENSHOTS, chromium, full_page_screenshot, go
 from tests.companion_process import Companion
 from tests.drive_rows import drive_rows
 from tests.ollama_emulator import OllamaEmulator
@@ -74,14 +72,6 @@ def analysed(comp: Companion) -> dict[str, Any]:
         if full["status"] == "done":
             return full
         assert full["status"] != "failed" and time.monotonic() < deadline, full
-
-
-def go(b: WebDriver, by: str, what: str) -> None:
-    """Click something that loads a new page, and wait until the old page is gone: the
-    next lookups must not find elements of the page being left."""
-    old = b.find_element(By.TAG_NAME, "html")
-    b.find_element(by, what).click()
-    WebDriverWait(b, 20).until(staleness_of(old))
 
 
 def expected_points(name: str) -> int:

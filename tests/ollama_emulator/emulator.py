@@ -23,6 +23,10 @@ Faults for tests: `http500`, `drop` (close the connection without answering), `i
 schema), `slow` (sleep `delay_seconds` first), `length` (the answer cut at num_predict:
 `done_reason: "length"`), `busy` (503, Ollama's "maximum pending requests exceeded"),
 `context_length` (the runner's 400 "prompt is longer than the context length"), `none`.
+Bound to a loopback address (as Ollama always is here), it refuses a `Host` header that is
+not loopback, a private IP, localhost, its own hostname or a .local/.internal/.localhost name,
+with 403 and an empty body, as Ollama's allowedHostsMiddleware does.
+
 In-process via `OllamaEmulator.set_fault()`, out-of-process via the test-only endpoint
 `POST /__emulator__/fault` (see `_handle_control`).
 
@@ -47,6 +51,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -700,6 +705,42 @@ class _Store:
 # --------------------------------------------------------------------------- HTTP
 
 
+# Go's netip.Addr.IsPrivate: RFC 1918 and the IPv6 unique-local range, nothing more.
+_GO_PRIVATE = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+
+
+def host_allowed(bound_host: str, host_header: str | None) -> bool:
+    """Ollama's allowedHostsMiddleware (server/routes.go): a server bound to a loopback address
+    answers only requests whose Host is an IP that is loopback, private or unspecified, or a
+    name that is empty, "localhost", this machine's hostname, or ends in .localhost, .local or
+    .internal. Anything else gets 403 with an empty body (DNS-rebinding protection). A server
+    bound to another address admits every Host."""
+    try:
+        if not ipaddress.ip_address(bound_host).is_loopback:
+            return True
+    except ValueError:
+        return True
+    value = (host_header or "").strip()
+    if value.startswith("["):
+        host = value[1 : value.find("]")] if "]" in value else value
+    else:
+        host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        addr = None
+    if addr is not None and (
+        addr.is_loopback or addr.is_unspecified or any(addr in n for n in _GO_PRIVATE)
+    ):
+        return True
+    name = host.lower()
+    if name in ("", "localhost", socket.gethostname().lower()):
+        return True
+    return name.endswith((".localhost", ".local", ".internal"))
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -819,6 +860,9 @@ class _Handler(BaseHTTPRequestHandler):
                 body = None
         if path.startswith(CONTROL_PREFIX):
             self._handle_control(path, body)
+            return
+        if not host_allowed(self.server.server_address[0], self.headers.get("Host")):
+            self._send_text(403, "")
             return
         emu._record(self.command, path, body)
         fault = emu._take_fault(path)

@@ -15,21 +15,13 @@ from ..core.cli_support import AddGroup, config_from
 from ..core.config import BACKUP_TYPES, Config
 from ..core.db import Database
 from ..core.files import copy_atomic
+from ..core.units import human_size
 from . import retention
 from .store import SCHEMA as BACKUP_SCHEMA
 from .store import Backup, BackupStore, PruneResult
 
 EXIT_OK = 0
 EXIT_PROBLEM = 1
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def _open_store(args: argparse.Namespace) -> BackupStore:
@@ -49,7 +41,7 @@ def _open_store(args: argparse.Namespace) -> BackupStore:
 
 def _row(b: Backup) -> str:
     return (
-        f"{b.id:>6}  {b.device_id:<16} {b.type:<8} {b.received_at}  {_human(b.size):>10}  "
+        f"{b.id:>6}  {b.device_id:<16} {b.type:<8} {b.received_at}  {human_size(b.size):>10}  "
         f"{b.sha256[:12]}  {b.name}"
     )
 
@@ -65,7 +57,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for backup in backups:
         print(_row(backup))
     total = sum(b.size for b in backups)
-    print(f"{len(backups)} backup(s), {_human(total)}")
+    print(f"{len(backups)} backup(s), {human_size(total)}")
     return EXIT_OK
 
 
@@ -118,7 +110,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         # An upload in progress, or a crash's leftover the next start removes: not a problem.
         print(f"TEMPORARY          {path}")
     print(
-        f"{report.checked} file(s) re-hashed ({_human(report.bytes)}): "
+        f"{report.checked} file(s) re-hashed ({human_size(report.bytes)}): "
         f"{len(report.missing)} missing, {len(report.corrupt)} corrupt, "
         f"{len(report.untracked)} untracked"
     )
@@ -155,7 +147,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_PROBLEM
-    print(f"restored backup {backup.id} to {dest}: {_human(size)}, sha256 {backup.sha256} verified")
+    print(
+        f"restored backup {backup.id} to {dest}: {human_size(size)},"
+        f" sha256 {backup.sha256} verified"
+    )
     if backup.name.endswith(".gz"):
         print(f"it is gzip-compressed: gunzip -k {dest}")
     return EXIT_OK

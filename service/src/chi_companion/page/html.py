@@ -10,6 +10,7 @@ from html import escape
 from typing import Any
 
 from ..core.clock import parse_iso_z
+from ..core.units import human_size
 
 # Scripts are not used at all; styles live in the page itself so nothing is fetched.
 CSP = (
@@ -60,14 +61,7 @@ def duration(seconds: float) -> str:
 
 
 def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+    return "-" if n is None else human_size(n)
 
 
 def status(value: Any) -> str:
