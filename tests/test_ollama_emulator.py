@@ -148,7 +148,7 @@ def test_root_and_head_and_version(emu: OllamaEmulator) -> None:
     [
         ("127.0.0.1:11434", 200),
         ("localhost:11434", 200),
-        ("10.27.27.100:11434", 200),  # a private address, as the LAN proxy's clients send
+        ("192.168.1.20:11434", 200),  # a private (RFC 1918) address, as LAN clients send
         (f"{socket.gethostname()}:11434", 200),  # the server's own hostname
         ("chi-srv-01.local:11434", 200),
         ("[::1]:11434", 200),
