@@ -164,3 +164,18 @@ class Companion:
         if resp_headers.get("Content-Type", "").startswith("application/json"):
             return status, resp_headers, json.loads(payload)
         return status, resp_headers, payload
+
+
+def exchange(comp: Companion, data: bytes, timeout: float = 15.0, pause_after: float = 0) -> bytes:
+    """Send raw bytes, then read until the server closes (or the timeout)."""
+    with socket.create_connection(("127.0.0.1", comp.port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if pause_after:
+            time.sleep(pause_after)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return b"".join(chunks)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.companion_process import Companion
+from tests.companion_process import Companion, exchange
 from tests.sync_payloads import realtime_rows, sync_body
 
 
@@ -23,21 +23,6 @@ def row_count(comp: Companion) -> int:
         return int(conn.execute("SELECT count(*) FROM synced_rows").fetchone()[0])
     finally:
         conn.close()
-
-
-def exchange(comp: Companion, data: bytes, timeout: float = 15.0, pause_after: float = 0) -> bytes:
-    """Send raw bytes, then read until the server closes (or the timeout)."""
-    with socket.create_connection(("127.0.0.1", comp.port), timeout=timeout) as sock:
-        sock.sendall(data)
-        if pause_after:
-            time.sleep(pause_after)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return b"".join(chunks)
 
 
 def status_of(reply: bytes) -> int | None:

@@ -8,7 +8,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.companion_process import Companion, free_port
+from tests.companion_process import Companion, exchange, free_port
 from tests.sync_payloads import realtime_rows, sync_body
 
 MakeCompanion = Callable[..., Companion]
@@ -218,18 +217,6 @@ FUZZED_HEADERS = [
 ]
 
 
-def _raw_exchange(port: int, data: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return b"".join(chunks)
-
-
 @pytest.mark.slow(seconds=20)
 def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
     sync = json.dumps(sync_body("statistics", [{"id": 1}])).encode()
@@ -260,7 +247,7 @@ def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
                 headers[name] = value
                 head = f"{method} {path} HTTP/1.1\r\n".encode()
                 head += b"".join(k.encode() + b": " + v + b"\r\n" for k, v in headers.items())
-                reply = _raw_exchange(companion.port, head + b"\r\n" + body)
+                reply = exchange(companion, head + b"\r\n" + body, timeout=10)
                 assert reply.startswith(b"HTTP/1."), (method, path, name, value, reply[:200])
                 status = int(reply.split(b" ", 2)[1])
                 assert status < 500, (method, path, name, value, reply[:300])
