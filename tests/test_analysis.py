@@ -303,7 +303,12 @@ def test_missing_model_waits_and_completes_once_pulled(
         accepted = analyze(comp, driveId=2)
         job = wait_status(comp, accepted["id"], {"waiting_for_model"})
         assert "not found" in job["error"]
+        # The monitor's first probe may still be running (reachable is None until it ends).
+        deadline = time.monotonic() + 10
         status, body, ollama = health_ollama(comp)
+        while ollama.get("reachable") is None and time.monotonic() < deadline:
+            time.sleep(POLL)
+            status, body, ollama = health_ollama(comp)
         assert status == 200 and body["status"] == "degraded"
         assert ollama["reachable"] is True and ollama["modelPresent"] is False
         assert ollama["queue"]["waiting_for_model"] == 1
