@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -699,6 +700,20 @@ def test_full_filesystem_gives_507_and_leaves_nothing(small_fs: Companion) -> No
     assert tree(comp) == [f"{comp.device}/database/{body['name']}"]
 
 
+def _fill_disk(filler: Path, leave: int) -> None:
+    """Write until the filesystem says ENOSPC, then give back `leave` bytes. Writing to a
+    size read from statvfs raced with the companion's own writes (its catalog, its log)."""
+    chunk = b"\0" * (64 * 1024)
+    with filler.open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+        f.truncate(max(0, f.tell() - leave))
+
+
 def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
     """Two uploads that both pass the free-space check (their room is reserved), then
     something else fills the disk under them. ENOSPC while writing must be a 507 with
@@ -716,8 +731,7 @@ def test_disk_full_while_writing_gives_507(small_fs: Companion) -> None:
         _send(socks[0], each - MiB)
         first_status, first = _read_response(socks[0])
         # Another writer on the same disk (not an upload) takes what is left.
-        free = os.statvfs(comp.data_dir).f_bavail * os.statvfs(comp.data_dir).f_frsize
-        filler.write_bytes(b"\0" * max(0, free - MiB // 2))
+        _fill_disk(filler, leave=MiB // 2)
         _send(socks[1], each - MiB)
         second_status, second = _read_response(socks[1])
     finally:
