@@ -7,6 +7,7 @@ start-up tasks, health components and background workers exist. Nothing register
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -66,6 +67,11 @@ class Companion:
         Runs once in the server's master process before workers start, so a
         broken data directory stops the service with a clear message."""
         data_dir = self.config.data_dir
+        if data_dir.exists() and not data_dir.is_dir():
+            # mkdir(exist_ok=True) would say only "File exists".
+            raise NotADirectoryError(
+                errno.ENOTDIR, "server.data_dir is not a directory", str(data_dir)
+            )
         data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         for sub in DATA_SUBDIRS:
             (data_dir / sub).mkdir(mode=0o750, exist_ok=True)

@@ -304,6 +304,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the bytes itself and lets this through, not as a TOMLDecodeError.
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from exc
     problems = []
@@ -324,7 +327,8 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.config:
         path = Path(args.config)
         if not path.is_file():
-            raise UsageError(f"config file {path} does not exist")
+            what = "is not a file" if path.exists() else "does not exist"
+            raise UsageError(f"config file {path} {what}")
     elif os.environ.get("CHI_COMPANION_PUSH_CONFIG"):
         path = Path(os.environ["CHI_COMPANION_PUSH_CONFIG"])
         if not path.is_file():
@@ -1318,7 +1322,8 @@ def build_parsers() -> dict[str, argparse.ArgumentParser]:
             "commands:\n"
             f"  {PROG} [push] [options]          snapshot + upload (the default)\n"
             f"  {PROG} restore --latest --to P   download, verify and unpack a database backup\n"
-            f"  {PROG} list [--type T]           list this device's backups on the server"
+            f"  {PROG} list [--type T]           list this device's backups on the server\n"
+            "options may come before or after the command."
         ),
         epilog=CONFIG_SEARCH_HELP + "\n" + EXIT_CODES_HELP,
     )
@@ -1367,12 +1372,38 @@ def _on_sigterm(signum: int, _frame: object) -> NoReturn:
     raise Interrupted(signum)
 
 
+def split_command(
+    argv: list[str], parsers: dict[str, argparse.ArgumentParser]
+) -> tuple[str, list[str]]:
+    """The subcommand and the other arguments, wherever the subcommand stands among the
+    options: ``--config F list`` is ``list --config F``. Values of options are skipped, so
+    ``--config list`` still names a config file called "list". No subcommand means push."""
+    takes_value = {
+        opt: action.nargs != 0
+        for parser in parsers.values()
+        for action in parser._actions
+        for opt in action.option_strings
+    }
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--" or not token.startswith("-") or token == "-":
+            if token in parsers:
+                return token, argv[:i] + argv[i + 1 :]
+            break  # the first positional is not a command: argparse says what is wrong
+        name, has_value = token.split("=", 1)[0], "=" in token
+        # argparse also takes an unambiguous prefix of a long option (--conf for --config).
+        matches = [opt for opt in takes_value if opt.startswith(name)] if name[1:2] == "-" else []
+        option = name if name in takes_value else (matches[0] if len(matches) == 1 else None)
+        i += 2 if option is not None and takes_value[option] and not has_value else 1
+    return "push", argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "push"
-    if argv and argv[0] in ("push", "restore", "list"):
-        command = argv.pop(0)
-    parser = build_parsers()[command]
+    parsers = build_parsers()
+    command, argv = split_command(argv, parsers)
+    parser = parsers[command]
     args = parser.parse_args(argv)
     ui = Ui(quiet=args.quiet)
     # SIGTERM (systemd stopping the unit, the dispatcher timing out) unwinds like Ctrl-C, so

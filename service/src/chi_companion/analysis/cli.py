@@ -8,26 +8,36 @@ within a second (it polls for due jobs when idle).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sqlite3
 import sys
 from typing import Any
 
-from ..core.cli_support import AddGroup, config_from
+from ..core.cli_support import (
+    AddGroup,
+    IntArg,
+    config_from,
+    configured_device,
+    device_arg,
+    open_database,
+    record_id,
+)
 from ..core.config import Config
 from ..core.context import Core
 from .jobs import STATUSES, Analysis, AnalysisStore
+from .routes import MAX_LIST
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 
 
-def _store(args: argparse.Namespace) -> tuple[Config, AnalysisStore] | None:
+def _store(args: argparse.Namespace) -> tuple[Config, AnalysisStore]:
     config = config_from(args)
-    if not config.db_path.exists():
-        print(f"no database at {config.db_path}: has the service run yet?", file=sys.stderr)
-        return None
-    return config, AnalysisStore(Core.from_config(config))
+    if getattr(args, "device", None) is not None:
+        configured_device(config, args.device)
+    core = dataclasses.replace(Core.from_config(config), db=open_database(config))
+    return config, AnalysisStore(core)
 
 
 def _row(job: Analysis) -> str:
@@ -41,10 +51,7 @@ def _row(job: Analysis) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    found = _store(args)
-    if found is None:
-        return EXIT_ERROR
-    _, store = found
+    _, store = _store(args)
     try:
         jobs = store.list(args.device, args.drive, args.status, args.limit)
     except sqlite3.Error as exc:
@@ -63,10 +70,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    found = _store(args)
-    if found is None:
-        return EXIT_ERROR
-    config, store = found
+    config, store = _store(args)
     try:
         job = store.get(args.id)
     except sqlite3.Error as exc:
@@ -83,10 +87,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    found = _store(args)
-    if found is None:
-        return EXIT_ERROR
-    _, store = found
+    _, store = _store(args)
     try:
         job = store.get(args.id)
         if job is None:
@@ -112,13 +113,13 @@ def register(add_group: AddGroup) -> None:
     action = add_group("analyses", "list, show and retry AI analyses of drives")
 
     listing = action("list", cmd_list, "list analyses, newest first")
-    listing.add_argument("--device", help="only this device")
-    listing.add_argument("--drive", type=int, help="only this drive")
+    listing.add_argument("--device", type=device_arg, help="only this device")
+    listing.add_argument("--drive", type=IntArg(), help="only this drive")
     listing.add_argument("--status", choices=STATUSES, help="only this status")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=IntArg(1, MAX_LIST), default=50, help=f"1-{MAX_LIST} (50)")
     listing.add_argument("--json", action="store_true", help="print JSON like the API")
     show = action("show", cmd_show, "print one analysis with its result as JSON")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=record_id)
     show.add_argument("--digest", action="store_true", help="include the digest sent to the model")
     retry = action("retry", cmd_retry, "queue a failed or waiting analysis again")
-    retry.add_argument("id", type=int)
+    retry.add_argument("id", type=record_id)

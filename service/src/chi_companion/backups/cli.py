@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..core.cli_support import AddGroup, config_from
+from ..core.cli_support import AddGroup, CliError, config_from, device_arg, open_database, record_id
 from ..core.config import BACKUP_TYPES, Config
-from ..core.db import Database
 from ..core.files import copy_atomic
 from ..core.units import human_size
 from . import retention
@@ -26,17 +25,20 @@ EXIT_PROBLEM = 1
 
 def _open_store(args: argparse.Namespace) -> BackupStore:
     config: Config = config_from(args)
-    if not config.db_path.exists():
-        # Creating the catalog here would make it owned by whoever runs the command (often
-        # root), and the service could not write it afterwards.
-        raise SystemExit(
-            f"no catalog at {config.db_path}: start the service once (it creates it) first"
-        )
-    db = Database(config.db_path)
+    db = open_database(config)
     # The schema exists once the service has run; this is a no-op then, and makes the
     # command work against a catalog written by a version from before backups existed.
     db.migrate(BACKUP_SCHEMA)
-    return BackupStore.from_config(config, db)
+    store = BackupStore.from_config(config, db)
+    device = getattr(args, "device", None)
+    # A device the config no longer names keeps its backups listed (and prunable): unknown
+    # is a device neither configured nor in the catalog, a typo the API would answer 404.
+    known = config.devices.keys() | {dev for dev, _type in store.groups()}
+    if device is not None and device not in known:
+        raise CliError(
+            f"unknown device {device!r}: not in {config.source} and no backups in the catalog"
+        )
+    return store
 
 
 def _row(b: Backup) -> str:
@@ -161,7 +163,7 @@ def register(add_group: AddGroup) -> None:
     action = add_group("backups", "list, prune, verify and restore stored backups")
 
     def filters(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", help="only this device")
+        p.add_argument("--device", type=device_arg, help="only this device")
         p.add_argument("--type", choices=BACKUP_TYPES, help="only this type")
 
     lister = action("list", cmd_list, "list backups, newest first")
@@ -180,6 +182,6 @@ def register(add_group: AddGroup) -> None:
         "re-hash every file against the catalog; exit 1 on missing, corrupt or untracked files",
     )
     restorer = action("restore", cmd_restore, "copy backup ID to DEST and check its sha256")
-    restorer.add_argument("id", type=int, metavar="ID")
+    restorer.add_argument("id", type=record_id, metavar="ID")
     restorer.add_argument("dest", metavar="DEST", help="file to create, or a directory")
     restorer.add_argument("--force", action="store_true", help="replace DEST if it exists")

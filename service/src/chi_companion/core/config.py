@@ -676,6 +676,13 @@ def load(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> 
         raise ConfigError(source, [("(file)", "not found")]) from None
     except PermissionError:
         raise ConfigError(source, [("(file)", "permission denied")]) from None
+    except IsADirectoryError:
+        raise ConfigError(source, [("(file)", "is a directory, not a config file")]) from None
+    except OSError as exc:
+        raise ConfigError(source, [("(file)", f"cannot be read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        # tomllib decodes the bytes itself and lets this through, not as a TOMLDecodeError.
+        raise ConfigError(source, [("(file)", f"is not UTF-8 text (byte {exc.start})")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [("(syntax)", str(exc))]) from None
     return parse(data, source, env)

@@ -17,6 +17,10 @@ DEVICE_ID_RULE = "1-64 characters of A-Z a-z 0-9 . _ -, starting with a letter o
 # SQLite INTEGER is a signed 64-bit integer.
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+INTEGER_RE = re.compile(r"-?[0-9]+")
+# More digits than this cannot be in range; checked before int() so a 100,000-digit value
+# costs nothing (and never hits Python's int/str digit limit).
+MAX_INT64_DIGITS = 19
 
 
 def is_device_id(value: Any) -> bool:
@@ -37,3 +41,16 @@ def as_int64(value: Any) -> int | None:
     if isinstance(value, int) and INT64_MIN <= value <= INT64_MAX:
         return value
     return None
+
+
+def parse_int(raw: str, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int | None:
+    """ASCII digits (with an optional minus) within [minimum, maximum], or None.
+
+    Stricter than int(): no spaces, underscores, plus signs or non-ASCII digits, which a
+    query string or a command line should not carry into a database id."""
+    if not INTEGER_RE.fullmatch(raw):
+        return None
+    if len(raw.lstrip("-").lstrip("0")) > MAX_INT64_DIGITS:
+        return None
+    value = int(raw)
+    return value if minimum <= value <= maximum else None

@@ -16,18 +16,14 @@ from typing import TYPE_CHECKING
 from bottle import request
 
 from .http_json import ApiError
-from .ids import DEVICE_ID_RULE, INT64_MAX, INT64_MIN, is_device_id
+from .ids import DEVICE_ID_RULE, INT64_MAX, INT64_MIN, is_device_id, parse_int
 
 if TYPE_CHECKING:
     from bottle import Bottle
 
-INTEGER_RE = re.compile(r"-?[0-9]+")
 # JSON's number syntax: what the spec's "type: number" means on the wire. Python's float()
 # would also take "inf", "1_0" and " 5 ", which the spec does not allow.
 NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-# More digits than this cannot be in range; checked before int() so a 100,000-digit
-# parameter costs nothing (and never hits Python's int/str digit limit).
-MAX_INT64_DIGITS = 19
 
 
 def _bad(name: str, detail: str) -> ApiError:
@@ -35,12 +31,10 @@ def _bad(name: str, detail: str) -> ApiError:
 
 
 def _int64(name: str, raw: str, minimum: int, maximum: int) -> int:
-    if not INTEGER_RE.fullmatch(raw):
+    value = parse_int(raw, minimum, maximum)
+    if value is None:
         raise _bad(name, f"must be an integer from {minimum} to {maximum}")
-    digits = raw.lstrip("-").lstrip("0")
-    if len(digits) > MAX_INT64_DIGITS or not minimum <= int(raw) <= maximum:
-        raise _bad(name, f"must be an integer from {minimum} to {maximum}")
-    return int(raw)
+    return value
 
 
 def query_str(name: str) -> str | None:

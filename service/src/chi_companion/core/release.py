@@ -63,6 +63,10 @@ def load_record(path: Path) -> dict[str, str]:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise ReleaseError(f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ReleaseError(f"not UTF-8 text (byte {exc.start})") from None
+    except IsADirectoryError:
+        raise ReleaseError("is a directory, not a release record") from None
     return validate_record(data)
 
 

@@ -23,6 +23,7 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.util import close_graceful
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
+from .bind import check_bindable
 from .config import Config, ConfigError, load
 
 log = logging.getLogger("chi_companion")
@@ -160,6 +161,7 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
             # The hardened unit has a read-only filesystem outside the data dir
             # and no home: gunicorn's runtime control socket has nowhere to live.
             "control_socket_disable": True,
+            "when_ready": self._when_ready,
             "post_worker_init": self._post_worker_init,
             "worker_exit": self._worker_exit,
         }
@@ -172,6 +174,17 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
         self.ctx = self.build(self.companion_config)
         return self.make_app(self.ctx)
 
+    def _when_ready(self, arbiter: Any) -> None:
+        # Only now is the address bound: said earlier, a start that fails on a port in use
+        # would have written "listening" into the log of the instance that holds the port.
+        config = self.companion_config
+        log.info(
+            "chi-companion listening on %s:%s, data in %s",
+            config.server.host,
+            config.server.port,
+            config.data_dir,
+        )
+
     def _post_worker_init(self, worker: Any) -> None:
         if self.ctx is not None:
             self.ctx.start_background()
@@ -183,6 +196,8 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
 
 
 def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S]) -> int:
+    # First of all: a second instance on a taken port must touch neither the data nor the log.
+    check_bindable(config.server.host, config.server.port)
     setup_logging(config)
     # gunicorn's Worker.handle_error writes its refusals through util.write_error; this
     # process is the companion's server only, so the replacement touches nothing else.
@@ -194,11 +209,5 @@ def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S])
     setup_logging(config)
     for warning in config.warnings:
         log.warning("config: %s", warning)
-    log.info(
-        "chi-companion listening on %s:%s, data in %s",
-        config.server.host,
-        config.server.port,
-        config.data_dir,
-    )
     CompanionServer(config, build, make_app).run()
     return 0
