@@ -192,7 +192,7 @@ class Pi:
 
 
 def run_tool(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 180
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(PUSH), *args],
@@ -200,6 +200,7 @@ def run_tool(
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
         check=False,
     )
 
@@ -592,6 +593,37 @@ def test_config_file_lets_cron_call_it_without_arguments(pi: Pi, tmp_path: Path)
     bad = run_tool(env=env)
     assert bad.returncode == push_client.EXIT_USAGE
     assert "retires: unknown key" in bad.stderr
+
+
+def test_options_may_come_before_or_after_the_command(pi: Pi, tmp_path: Path) -> None:
+    """`--config F list` is `list --config F` (issue 14): the subcommand may stand anywhere
+    among the options, and an option's value named like a command is still its value."""
+    add_rows(pi.db, 20)
+    assert pi.run().returncode == 0
+    config = tmp_path / "push.toml"
+    config.write_text(
+        f'server = "{pi.comp.url}"\n'
+        f'key_file = "{pi.key_file}"\n'
+        f'device_id = "{pi.comp.device}"\n'
+        f'state_dir = "{pi.state_dir}"\n'
+    )
+    before = run_tool("--config", str(config), "list", "--type", "database")
+    after = run_tool("list", "--config", str(config), "--type", "database")
+    mixed = run_tool("--config", str(config), "--quiet", "list", "--type=database")
+    for result in (before, after, mixed):
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == after.stdout and ".db.gz" in result.stdout
+    # A config file called "list": the value of --config, not the command (so: a push).
+    named_list = tmp_path / "list"
+    named_list.write_text(config.read_text())
+    push = run_tool("--config", "list", "--db", str(pi.db), env=dict(os.environ), cwd=tmp_path)
+    assert push.returncode == 0, push.stderr
+    assert len(pi.listing("database")) == 1  # the same snapshot again: nothing new stored
+
+    config.write_bytes(b'server = "\xff"\n')
+    bad = run_tool("--config", str(config), "list")
+    assert bad.returncode == push_client.EXIT_USAGE
+    assert bad.stderr.count("\n") == 1 and "not UTF-8" in bad.stderr, bad.stderr
 
 
 # ---------------------------------------------------------------------------------------------
