@@ -452,6 +452,7 @@ def test_the_valid_calls_work(world: World) -> None:
 # End to end through the installed console script.
 
 
+@pytest.mark.slow(seconds=15)
 def test_serve_port_in_use_leaves_the_running_instance_alone(
     make_companion: object, tmp_path: Path
 ) -> None:
@@ -491,6 +492,7 @@ def test_serve_port_in_use_leaves_the_running_instance_alone(
     comp.stop(signal.SIGTERM)
 
 
+@pytest.mark.slow(seconds=20)
 def test_console_script_on_a_corrupt_database(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
