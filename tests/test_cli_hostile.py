@@ -512,3 +512,22 @@ def test_console_script_on_a_corrupt_database(tmp_path: Path) -> None:
         assert result.returncode == EXIT_ERROR, (argv, result)
         assert result.stderr.count("\n") == 1, (argv, result.stderr)
         assert str(data / "companion.db") in result.stderr, (argv, result.stderr)
+
+
+def test_an_unexpected_error_is_one_line_and_status_70_and_debug_shows_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last resort: a bug still ends in one line (status 70, not the 1 of a handled
+    error, so the hostile cases above cannot pass through it); --debug adds the traceback."""
+    from chi_companion import cli
+    from chi_companion.sync import cli as sync_cli
+
+    def broken(_args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sync_cli, "config_from", broken)
+    assert cli.main(["sync-status", "--config", "unused.toml"]) == 70
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error" in err and "--debug" in err
+    assert cli.main(["--debug", "sync-status", "--config", "unused.toml"]) == 70
+    assert "Traceback" in capsys.readouterr().err
