@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -187,6 +188,10 @@ def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S])
     # gunicorn's Worker.handle_error writes its refusals through util.write_error; this
     # process is the companion's server only, so the replacement touches nothing else.
     gunicorn_util.write_error = write_json_error
+    # A `systemctl reload` (SIGHUP) before gunicorn installs its handlers would end the process
+    # (HUP's default action), and systemd counts that as a clean exit: no Restart=on-failure.
+    # Until gunicorn takes the signal over, a reload is ignored (the file is read at start anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     master_ctx = build(config)
     master_ctx.prepare_storage()
     master_ctx.close()
