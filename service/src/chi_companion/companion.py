@@ -47,7 +47,11 @@ class Companion:
         return cls(
             core=core,
             release=ReleaseSource(config.release.record_path),
-            sync=SyncStore(config.sync.history_max_age_days, config.sync.history_max_entries),
+            sync=SyncStore(
+                config.sync.history_max_age_days,
+                config.sync.history_max_entries,
+                config.quotas.synced_bytes_per_device,
+            ),
             backups=BackupStore.from_config(config, core.db),
             analysis=analysis_service.build(core),
         )
