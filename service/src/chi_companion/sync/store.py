@@ -203,14 +203,16 @@ class SyncStore:
         ):
             existing.add(row_id)
             old_bytes += size
-        # What the upsert below will store: each id's last document in the batch (SQLite's
-        # bare column next to max() comes from the row holding that max).
-        (new_bytes,) = conn.execute(
-            """SELECT coalesce(sum(size), 0) FROM (
-                 SELECT length(CAST(value AS BLOB)) AS size, max(key)
-                 FROM json_each(?) GROUP BY json_extract(value, '$.id'))""",
-            (table.rows_json,),
-        ).fetchone()
+        # What the upsert below will store: each id's last document in the batch. Ids are
+        # unique in a batch but for a re-sent row, so the cheap sum is the usual one; with
+        # repeats, SQLite's bare column next to max() comes from the row holding that max.
+        if len(set(table.ids)) == len(table.ids):
+            sql = "SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM json_each(?)"
+        else:
+            sql = """SELECT coalesce(sum(size), 0) FROM (
+                       SELECT length(CAST(value AS BLOB)) AS size, max(key)
+                       FROM json_each(?) GROUP BY json_extract(value, '$.id'))"""
+        (new_bytes,) = conn.execute(sql, (table.rows_json,)).fetchone()
         return _Planned(table, existing, old_bytes, int(new_bytes))
 
     def _charge(self, conn: sqlite3.Connection, device_id: str, growth: int) -> None:
@@ -267,6 +269,40 @@ class SyncStore:
             (device_id, table.name, inserted, max(ids), received_at),
         )
         return {"inserted": inserted, "updated": updated, "errors": 0}
+
+    @staticmethod
+    def prune_rows(
+        conn: sqlite3.Connection, device_id: str, received_before: str, dry_run: bool = False
+    ) -> dict[str, tuple[int, int]]:
+        """Remove a device's rows received before a UTC time (``...Z``), keeping its row
+        counts and quota usage right in the same transaction; table -> (rows, bytes)."""
+        with transaction(conn):
+            found = {
+                str(table): (int(n), int(size))
+                for table, n, size in conn.execute(
+                    """SELECT table_name, count(*), sum(length(CAST(doc AS BLOB)))
+                       FROM synced_rows WHERE device_id = ? AND received_at < ?
+                       GROUP BY table_name""",
+                    (device_id, received_before),
+                )
+            }
+            if dry_run or not found:
+                return found
+            conn.execute(
+                "DELETE FROM synced_rows WHERE device_id = ? AND received_at < ?",
+                (device_id, received_before),
+            )
+            for table, (n, _) in found.items():
+                conn.execute(
+                    """UPDATE table_stats SET row_count = max(0, row_count - ?)
+                       WHERE device_id = ? AND table_name = ?""",
+                    (n, device_id, table),
+                )
+            conn.execute(
+                "UPDATE sync_usage SET doc_bytes = doc_bytes - ? WHERE device_id = ?",
+                (sum(size for _, size in found.values()), device_id),
+            )
+        return found
 
     def prune_history(self, conn: sqlite3.Connection) -> int:
         cutoff = iso_z(utc_now() - self.history_max_age)
