@@ -95,8 +95,24 @@ def test_usage_is_exact_after_changed_rows_a_restart_and_an_old_database(
     rows = realtime_rows(700, 3) + realtime_rows(700, 3, bump=1.25)
     status, _, _ = comp.request("POST", f"{API}/sync", sync_body("realtime_data", rows))
     assert status == 200
+    # Text that is not ASCII, a JSON document inside a string, nulls, numbers as the Pi
+    # writes them: the running total still equals the stored bytes.
+    frames = [
+        {
+            "id": n,
+            "dtc_code": "P0301",
+            "pid_responses_json": '{"0C": "1A F8", "note": "Zündung \u00fc \\ \\"q\\""}',
+            "label": "température ✓",
+            "value": 1e-7 * n,
+            "big": 12345678901234567890,
+            "missing": None,
+        }
+        for n in range(1, 4)
+    ]
+    status, _, _ = comp.request("POST", f"{API}/sync", sync_body("dtc_freeze_frame", frames))
+    assert status == 200
     stored = _stored_bytes(comp, comp.device)
-    assert stored[0] == 503
+    assert stored[0] == 506
     assert _usage(comp)["devices"][comp.device]["syncedBytes"] == stored[1]
     comp.restart()
     assert _usage(comp)["devices"][comp.device]["syncedBytes"] == stored[1]

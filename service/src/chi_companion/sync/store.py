@@ -203,16 +203,21 @@ class SyncStore:
         ):
             existing.add(row_id)
             old_bytes += size
-        # What the upsert below will store: each id's last document in the batch. Ids are
-        # unique in a batch but for a re-sent row, so the cheap sum is the usual one; with
-        # repeats, SQLite's bare column next to max() comes from the row holding that max.
+        # What the upsert below will store: each id's last document in the batch. json_each
+        # gives each element's text as it is in the array (compact, ASCII: sync/request.py
+        # encodes it), so with unique ids the documents are the array less its brackets and
+        # commas, counted without parsing it again (tests/test_quotas.py checks the totals
+        # against the stored bytes). With repeated ids SQLite measures the last of each (its
+        # bare column next to max() comes from the row holding that max).
         if len(set(table.ids)) == len(table.ids):
-            sql = "SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM json_each(?)"
+            new_bytes = len(table.rows_json) - len(table.ids) - 1
         else:
-            sql = """SELECT coalesce(sum(size), 0) FROM (
-                       SELECT length(CAST(value AS BLOB)) AS size, max(key)
-                       FROM json_each(?) GROUP BY json_extract(value, '$.id'))"""
-        (new_bytes,) = conn.execute(sql, (table.rows_json,)).fetchone()
+            (new_bytes,) = conn.execute(
+                """SELECT coalesce(sum(size), 0) FROM (
+                     SELECT length(CAST(value AS BLOB)) AS size, max(key)
+                     FROM json_each(?) GROUP BY json_extract(value, '$.id'))""",
+                (table.rows_json,),
+            ).fetchone()
         return _Planned(table, existing, old_bytes, int(new_bytes))
 
     def _charge(self, conn: sqlite3.Connection, device_id: str, growth: int) -> None:
