@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from gunicorn.workers.gthread import _DEFER, ThreadWorker
 from .config import Config, ConfigError, load
 
 log = logging.getLogger("chi_companion")
+GIL_SWITCH_SECONDS = 0.001
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_COUNT = 5
 
@@ -169,6 +171,11 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
 
     def load(self) -> Any:
         ReadTimeoutThreadWorker.read_timeout = self.companion_config.server.request_timeout_seconds
+        # The thread holding the writer lock gives up the GIL in every SQLite call and must win
+        # it back from request threads parsing JSON, each time waiting up to the switch
+        # interval: at Python's 5 ms, a transaction of ten calls could be stretched by 50 ms
+        # while every writer queued behind it waits too (issue 15 item 11).
+        sys.setswitchinterval(float(os.environ.get("CHI_SWITCH", GIL_SWITCH_SECONDS)))
         # Runs in the worker, after fork: threads and SQLite connections are per process.
         self.ctx = self.build(self.companion_config)
         return self.make_app(self.ctx)
