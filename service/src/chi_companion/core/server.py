@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -175,7 +174,7 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
         # it back from request threads parsing JSON, each time waiting up to the switch
         # interval: at Python's 5 ms, a transaction of ten calls could be stretched by 50 ms
         # while every writer queued behind it waits too (issue 15 item 11).
-        sys.setswitchinterval(float(os.environ.get("CHI_SWITCH", GIL_SWITCH_SECONDS)))
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         # Runs in the worker, after fork: threads and SQLite connections are per process.
         self.ctx = self.build(self.companion_config)
         return self.make_app(self.ctx)
