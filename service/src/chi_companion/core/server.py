@@ -196,7 +196,8 @@ def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S])
     gunicorn_util.write_error = write_json_error
     # A `systemctl reload` (SIGHUP) before gunicorn installs its handlers would end the process
     # (HUP's default action), and systemd counts that as a clean exit: no Restart=on-failure.
-    # Until gunicorn takes the signal over, a reload is ignored (the file is read at start anyway).
+    # From here (after the imports, through the storage preparation, which can take a while)
+    # until gunicorn takes the signal over, a reload is ignored: the file was just read anyway.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     master_ctx = build(config)
     master_ctx.prepare_storage()
