@@ -126,6 +126,13 @@ def main() -> int:
         default=1,
         help="concurrent senders (issue 15 item 11: with 4, p99 should stay <= 3x p50)",
     )
+    parser.add_argument(
+        "--data-parent",
+        type=Path,
+        default=Path(__file__).parent.parent,
+        help="directory for the companion's data (default: the repository's filesystem); "
+        "/dev/shm takes the disk's fsync out of the figures",
+    )
     args = parser.parse_args()
     batches = [
         realtime_rows(i * BATCH + 1, BATCH, drive_id=1 + i // 50) for i in range(args.batches)
@@ -134,7 +141,7 @@ def main() -> int:
         json.dumps(sync_body("realtime_data", rows, batch_id=f"bench-{i}")).encode()
         for i, rows in enumerate(batches)
     ]
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.data_parent) as tmp:
         comp = Companion(Path(tmp)).start()
         try:
             assert comp.proc is not None
