@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.procstat import peak_rss_mib, rss_mib, worker_pid
+from bench.procstat import cpu_seconds, peak_rss_mib, rss_mib, worker_pid
 from tests.companion_process import Companion
 from tests.sync_payloads import realtime_rows, sync_body
 
@@ -86,9 +87,14 @@ class Baseline:
         return time.perf_counter() - started
 
 
-def concurrent(comp: Companion, payloads: list[bytes], senders: int) -> int:
-    """Every sender posts its share of the batches back to back; rows/s over the wall clock."""
+def concurrent(comp: Companion, payloads: list[bytes], senders: int, worker: int) -> int:
+    """Every sender posts its share of the batches back to back; rows/s over the wall clock.
+
+    Also prints the server's CPU time per batch (what the ingest costs, whatever else runs on
+    the machine) and the load average: on a shared machine, other processes' load stretches
+    every request, p50 and p99 alike, and the wall-clock figures move with it."""
     latencies: list[float] = []
+    cpu_before = cpu_seconds(worker)
     started = time.perf_counter()
     with ThreadPoolExecutor(senders) as pool:
         for status, seconds in pool.map(lambda b: post(comp.port, comp.key, b), payloads):
@@ -97,6 +103,7 @@ def concurrent(comp: Companion, payloads: list[bytes], senders: int) -> int:
                 return 1
             latencies.append(seconds)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(worker) - cpu_before
     latencies.sort()
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
@@ -104,6 +111,9 @@ def concurrent(comp: Companion, payloads: list[bytes], senders: int) -> int:
     print(f"companion over HTTP   {len(payloads) * BATCH / elapsed:10.0f} rows/s (wall clock)")
     print(f"batch latency p50     {p50 * 1000:10.1f} ms")
     print(f"batch latency p99     {p99 * 1000:10.1f} ms   (goal <= 3x p50: {p99 / p50:.1f}x)")
+    print(f"server CPU per batch  {cpu / len(payloads) * 1000:10.1f} ms")
+    load = os.getloadavg()[0]
+    print(f"load average (1 min)  {load:10.1f}   on {os.cpu_count()} CPUs")
     return 0
 
 
@@ -116,6 +126,13 @@ def main() -> int:
         default=1,
         help="concurrent senders (issue 15 item 11: with 4, p99 should stay <= 3x p50)",
     )
+    parser.add_argument(
+        "--data-parent",
+        type=Path,
+        default=Path(__file__).parent.parent,
+        help="directory for the companion's data (default: the repository's filesystem); "
+        "/dev/shm takes the disk's fsync out of the figures",
+    )
     args = parser.parse_args()
     batches = [
         realtime_rows(i * BATCH + 1, BATCH, drive_id=1 + i // 50) for i in range(args.batches)
@@ -124,7 +141,7 @@ def main() -> int:
         json.dumps(sync_body("realtime_data", rows, batch_id=f"bench-{i}")).encode()
         for i, rows in enumerate(batches)
     ]
-    with tempfile.TemporaryDirectory(dir=Path(__file__).parent.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=args.data_parent) as tmp:
         comp = Companion(Path(tmp)).start()
         try:
             assert comp.proc is not None
@@ -132,7 +149,7 @@ def main() -> int:
             post(comp.port, comp.key, payloads[0])  # warm-up: first connection, imports
             idle = rss_mib(worker)
             if args.senders > 1:
-                return concurrent(comp, payloads, args.senders)
+                return concurrent(comp, payloads, args.senders, worker)
             baseline = Baseline(Path(tmp) / "baseline.db")
             latencies, base_times = [], []
             # Interleaved, batch by batch, so that load from other processes on this

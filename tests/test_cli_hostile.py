@@ -75,6 +75,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         ),
     ),
     ("sync-status",): Command(),
+    ("sync-prune",): Command(
+        options=("--device", DEVICE, "--received-before", "2026-01-01"),
+        extra=((("--device", DEVICE, "--received-before", "01/02/2026"), EXIT_USAGE, "date"),),
+    ),
     ("backups", "list"): Command(),
     ("backups", "prune"): Command(),
     ("backups", "verify"): Command(),

@@ -22,6 +22,7 @@ from .backups.store import BackupStore
 from .core.config import Config
 from .core.context import Core
 from .core.health import HealthCheck, health_report
+from .core.quotas import quota_health
 from .core.release import ReleaseSource
 from .replication.health import replication_health
 from .sync import queries as sync_queries
@@ -48,7 +49,11 @@ class Companion:
         return cls(
             core=core,
             release=ReleaseSource(config.release.record_path),
-            sync=SyncStore(config.sync.history_max_age_days, config.sync.history_max_entries),
+            sync=SyncStore(
+                config.sync.history_max_age_days,
+                config.sync.history_max_entries,
+                config.quotas.synced_bytes_per_device,
+            ),
             backups=BackupStore.from_config(config, core.db),
             analysis=analysis_service.build(core),
         )
@@ -85,6 +90,11 @@ class Companion:
         return {
             "replication": lambda: replication_health(self.config),
             "backups": lambda: backups_health(self.backups, self.config.devices),
+            "quotas": lambda: quota_health(
+                self.config,
+                self.sync.usage_per_device(self.core.db.conn()),
+                self.backups.usage_per_device(),
+            ),
             "ollama": lambda: ollama_health(self.analysis),
             "background": self.core.faults.report,
         }

@@ -179,6 +179,7 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             expected = check_sha256(header("X-Content-SHA256"))
             attempt.body = body = UploadBody(content_length(store.max_upload_bytes))
             attempt.reservation = reservation = store.reserve(body.length)
+            reservation.charge(device_id)
             attempt.upload = upload = store.begin(store.ensure_dir(device_id, backup_type))
             reservation.upload = upload
             while chunk := body.read():
@@ -203,8 +204,14 @@ def routes(app: Bottle, ctx: Core, store: BackupStore) -> None:
             )
             # Counts the whole body until the form's file is stored: a little more than the
             # file itself, the safe side.
-            attempt.reservation = store.reserve(body.length)
-            form = _MultipartForm(ctx, store, principal, uploads)
+            attempt.reservation = reservation = store.reserve(body.length)
+            if principal.device_id is not None:
+                # A device key uploads for its own device only: its quota is known before
+                # a byte of the file is read.
+                reservation.charge(principal.device_id)
+            # The operator's upload is charged when the form names the device (before the
+            # file, when the fields come first as documented).
+            form = _MultipartForm(ctx, store, principal, uploads, reservation)
             attempt.upload = upload = form.receive(body, boundary)
             device_id, backup_type = form.field("deviceId"), form.field("type")
             header_sha = check_sha256(header("X-Content-SHA256"))
@@ -296,9 +303,15 @@ class _MultipartForm:
     """
 
     def __init__(
-        self, ctx: Core, store: BackupStore, principal: Principal, uploads: RateLimit
+        self,
+        ctx: Core,
+        store: BackupStore,
+        principal: Principal,
+        uploads: RateLimit,
+        reservation: Reservation,
     ) -> None:
         self.ctx = ctx
+        self.reservation = reservation
         self.uploads = uploads
         self.store = store
         self.principal = principal
@@ -322,6 +335,7 @@ class _MultipartForm:
             if name == "deviceId":
                 _device_for_write(self.principal, value, self.ctx)
                 self.uploads.take(value)
+                self.reservation.charge(value)
             elif name == "type":
                 check_type(value)
         except DomainError as exc:

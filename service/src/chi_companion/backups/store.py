@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..core.clock import iso_z, parse_iso_z, utc_now
 from ..core.config import BACKUP_TYPES
 from ..core.db import Database, transaction
-from ..core.errors import DiskFull, Malformed, TooLarge, Unavailable
+from ..core.errors import DiskFull, Malformed, QuotaExceeded, TooLarge, Unavailable
 from ..core.files import fsync_dir, is_disk_full, sha256_file
 from ..core.ids import DEVICE_ID_RULE, is_device_id
 from . import retention
@@ -59,7 +59,16 @@ SCHEMA = [
     )""",
     """CREATE INDEX IF NOT EXISTS backups_by_device
         ON backups (device_id, type, received_at)""",
+    # Covers a device's quota usage (sum of sizes) without reading the table: the catalog
+    # is the running total, kept right by every insert, delete, prune and reconcile.
+    "CREATE INDEX IF NOT EXISTS backups_size_by_device ON backups (device_id, size)",
 ]
+QUOTA_SETTING = "quotas.backup_bytes_per_device"
+QUOTA_REMEDY = (
+    "nothing was stored; the operator frees room (chi-companion backups prune, or DELETE "
+    "/api/v1/backups/{id} with the operator key) or raises quotas.backup_bytes_per_device "
+    "(0: no quota)"
+)
 
 CHUNK = 1 << 20  # 1 MiB: large recv()/write() calls, still nothing for RSS
 TEMP_PREFIX = ".upload-"
@@ -290,17 +299,23 @@ class Upload:
 
 class Reservation:
     """Room claimed for one upload until it is stored or refused. What its upload has
-    already written is on disk (and out of the free space), so it counts only the rest."""
+    already written is on disk (and out of the free space), so it counts only the rest.
+    Against its device's quota it counts whole (the catalog has none of it yet)."""
 
     def __init__(self, store: BackupStore, declared: int) -> None:
         self.store = store
         self.declared = declared
+        self.device_id: str | None = None
         self.upload: Upload | None = None
 
     @property
     def outstanding(self) -> int:
         written = self.upload.size if self.upload is not None else 0
         return max(0, self.declared - written)
+
+    def charge(self, device_id: str) -> None:
+        """Count this upload against ``device_id``'s quota; QuotaExceeded when it would pass."""
+        self.store._charge(self, device_id)
 
     def release(self) -> None:
         self.store._release(self)
@@ -348,8 +363,10 @@ class BackupStore:
         min_free_bytes: int,
         policies: dict[str, dict[str, int]],
         keep_within: timedelta | None = None,
+        quota_bytes: int = 0,
     ) -> None:
         self.root = data_dir / "backups"
+        self.quota_bytes = quota_bytes  # per device; 0: none
         self.db = db
         self.max_upload_bytes = max_upload_bytes
         self.min_free_bytes = min_free_bytes
@@ -370,6 +387,7 @@ class BackupStore:
             config.backups.min_free_bytes,
             config.retention,
             timedelta(days=config.backups.keep_within_days),
+            config.quotas.backup_bytes_per_device,
         )
 
     # -- paths and space
@@ -417,6 +435,42 @@ class BackupStore:
             reservation = Reservation(self, incoming)
             self._reservations.add(reservation)
             return reservation
+
+    def _charge(self, reservation: Reservation, device_id: str) -> None:
+        """Under the same lock as the free space: two uploads of one device that check at
+        once must not both fit in the room left for one."""
+        with self._space_lock:
+            if reservation.device_id == device_id:
+                return
+            if self.quota_bytes:
+                used = self.usage(device_id)
+                pending = sum(
+                    r.declared
+                    for r in self._reservations
+                    if r.device_id == device_id and r is not reservation
+                )
+                if used + pending + reservation.declared > self.quota_bytes:
+                    raise QuotaExceeded(
+                        QUOTA_SETTING,
+                        self.quota_bytes,
+                        used + pending,
+                        reservation.declared,
+                        QUOTA_REMEDY,
+                    )
+            reservation.device_id = device_id
+
+    def usage(self, device_id: str) -> int:
+        """Bytes of the device's catalogued backups (an index-only sum)."""
+        (total,) = (
+            self.db.conn()
+            .execute("SELECT coalesce(sum(size), 0) FROM backups WHERE device_id = ?", (device_id,))
+            .fetchone()
+        )
+        return int(total)
+
+    def usage_per_device(self) -> dict[str, int]:
+        rows = self.db.conn().execute("SELECT device_id, sum(size) FROM backups GROUP BY device_id")
+        return {str(d): int(n) for d, n in rows}
 
     def _release(self, reservation: Reservation) -> None:
         with self._space_lock:

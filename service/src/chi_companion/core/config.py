@@ -250,6 +250,29 @@ class BackupsSection:
 
 
 @dataclass(frozen=True)
+class QuotasSection:
+    """[quotas]: how much each device may store. Checked before anything is written: over
+    quota, a sync or upload is refused with 507 and a body naming the quota, the usage and what
+    to do. Sized for a car logger on a 2 TB array: a Pi logging 2 hours a day syncs about
+    5 GB of rows a year. 0 turns a quota off."""
+
+    synced_bytes_per_device: int = setting(
+        50 * 1024**3,
+        "Bytes of synced rows (the row documents as stored) each device may keep; a sync that "
+        "would add more is refused with 507. The database file is larger by its indexes (about "
+        "1.5x). 0: no quota.",
+        _non_negative,
+    )
+    backup_bytes_per_device: int = setting(
+        100 * 1024**3,
+        "Bytes of backups each device may keep, counting uploads in progress; an upload that "
+        "would pass it is refused with 507 (`chi-companion backups prune` or the operator's "
+        "DELETE frees room). 0: no quota.",
+        _non_negative,
+    )
+
+
+@dataclass(frozen=True)
 class OllamaSection:
     """[ollama]: the Ollama server that runs the analysis model."""
 
@@ -380,6 +403,7 @@ SECTIONS: dict[str, type] = {
     "release": ReleaseSection,
     "sync": SyncSection,
     "backups": BackupsSection,
+    "quotas": QuotasSection,
     "ollama": OllamaSection,
     "analysis": AnalysisSection,
     "replication": ReplicationSection,
@@ -419,6 +443,7 @@ class Config:
     release: ReleaseSection
     sync: SyncSection
     backups: BackupsSection
+    quotas: QuotasSection
     ollama: OllamaSection
     analysis: AnalysisSection
     replication: ReplicationSection

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 15_000
+T = TypeVar("T")
 
 
 def connect(path: Path, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> sqlite3.Connection:
@@ -94,6 +96,93 @@ def _rollback(conn: sqlite3.Connection) -> None:
         log.warning("rollback after a failed transaction also failed: %s", exc)
 
 
+class _Write(Generic[T]):
+    """One caller's write, waiting to be run by whichever thread commits the next group."""
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
+        self.fn = fn
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+    def result(self) -> T:
+        if self.error is not None:
+            raise self.error
+        return self.value  # type: ignore[return-value]
+
+
+class GroupCommit:
+    """Writes of many threads committed together: one transaction, one fsync, per group.
+
+    With synchronous=FULL every COMMIT waits for an fsync of the WAL, and on a busy disk that
+    fsync is what varies (measured here: 4 ms median, 58 ms p99). Writers that queue one
+    transaction each pay every fsync ahead of them in turn; here the thread whose turn comes
+    (``WRITERS``, arrival order) runs every write queued so far in one transaction and commits
+    once, so a waiting writer pays at most the commit in progress and its own group's.
+
+    Each write runs inside its own SAVEPOINT: one that raises is undone alone and its caller
+    gets the exception, while the others of the group are stored. A failed COMMIT (a full
+    disk) fails every write of its group, none of which is stored.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._lock = threading.Lock()
+        self._pending: list[_Write[Any]] = []
+
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside a transaction (with other threads' writes) and return its
+        result once committed; its exception (or the COMMIT's) is raised here."""
+        write = _Write(fn)
+        with self._lock:
+            self._pending.append(write)
+        with WRITERS:
+            if not write.done:
+                with self._lock:
+                    group, self._pending = self._pending, []
+                self._commit(self.db.conn(), group)
+        return write.result()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, group: list[_Write[Any]]) -> None:
+        stored: list[_Write[Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for write in group:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT one_write")
+                try:
+                    write.value = write.fn(conn)
+                # Any error belongs to the write's caller, who raises it in its own thread.
+                except Exception as exc:  # noqa: BLE001
+                    write.error = exc
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO one_write")
+                        conn.execute("RELEASE one_write")
+                    else:
+                        # SQLite undid the whole transaction itself (SQLITE_FULL does): the
+                        # group's earlier writes are gone for the same reason.
+                        for lost in stored:
+                            lost.error = exc
+                        stored.clear()
+                else:
+                    conn.execute("RELEASE one_write")
+                    stored.append(write)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        except BaseException as exc:
+            _rollback(conn)
+            for write in group:
+                if write.error is None:
+                    write.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for write in group:
+                write.done = True
+
+
 class Database:
     """Hands each thread its own connection to one database file."""
 
@@ -102,6 +191,7 @@ class Database:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._all: list[sqlite3.Connection] = []
+        self.writes = GroupCommit(self)
 
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

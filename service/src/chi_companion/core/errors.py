@@ -59,6 +59,30 @@ class DiskFull(DomainError):
         super().__init__("insufficient storage", detail)
 
 
+class QuotaExceeded(DomainError):
+    """A device would store more than its quota allows: refused like a full disk (507), with
+    the quota, the usage and the request's size for the body."""
+
+    def __init__(self, setting: str, limit: int, used: int, incoming: int, remedy: str) -> None:
+        super().__init__(
+            "quota exceeded",
+            f"storing this ({incoming} bytes) would take the device's usage from {used} to "
+            f"{used + incoming} bytes, over its quota of {limit} bytes ({setting}); {remedy}",
+        )
+        self.setting = setting
+        self.limit = limit
+        self.used = used
+        self.incoming = incoming
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "setting": self.setting,
+            "limitBytes": self.limit,
+            "usedBytes": self.used,
+            "requestBytes": self.incoming,
+        }
+
+
 class Unavailable(DomainError):
     """A transient fault (the database is locked, no free name): the client retries."""
 

@@ -3,8 +3,9 @@
 Stores raise domain errors (``core.errors``) and let ``sqlite3.Error`` through; this module
 turns both into ``{"error": ..., "detail": ...}`` with one status per kind, for every route of
 every feature: 422 invalid, 400 malformed, 404 not found, 409 conflict, 413 too large, 507 disk
-full (with Retry-After, as a full disk is transient), 503 for a database or other transient
-fault (Retry-After, so the Pi's retry is what happens).
+full or a device over its quota (with Retry-After: either clears when the operator frees room,
+and the Pi must keep its rows until then), 503 for a database or other transient fault
+(Retry-After, so the Pi's retry is what happens).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .errors import (
     Invalid,
     Malformed,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     TooLarge,
     Unavailable,
@@ -37,6 +39,7 @@ STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (Conflict, 409),
     (TooLarge, 413),
     (DiskFull, 507),
+    (QuotaExceeded, 507),
     (Unavailable, 503),
     (RateLimited, 429),
 )
@@ -53,11 +56,14 @@ def to_api_error(exc: DomainError | sqlite3.Error) -> ApiError:
     if isinstance(exc, sqlite3.Error):
         return transient_db_error(exc)
     headers: dict[str, str] | None = None
-    if isinstance(exc, DiskFull):
+    extra: dict[str, object] | None = None
+    if isinstance(exc, DiskFull | QuotaExceeded):
         headers = {"Retry-After": DISK_FULL_RETRY_AFTER}
     elif isinstance(exc, Unavailable | RateLimited):
         headers = {"Retry-After": str(exc.retry_after)}
-    return ApiError(status_of(exc), exc.error, exc.detail, headers=headers)
+    if isinstance(exc, QuotaExceeded):
+        extra = {"quota": exc.as_json()}
+    return ApiError(status_of(exc), exc.error, exc.detail, headers=headers, extra=extra)
 
 
 def transient_db_error(exc: sqlite3.Error) -> ApiError:

@@ -38,11 +38,13 @@ class ApiError(HTTPResponse):
         error: str,
         detail: Any = None,
         headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         all_headers = {"Content-Type": "application/json"}
         if headers:
             all_headers.update(headers)
-        payload = {"error": error, "detail": detail}
+        # ``extra``: fields a client can act on besides the sentence (a quota's figures).
+        payload = {"error": error, "detail": detail, **(extra or {})}
         super().__init__(
             body=json.dumps(payload, allow_nan=False), status=status, headers=all_headers
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -27,6 +28,7 @@ from .bind import check_bindable
 from .config import Config, ConfigError, load
 
 log = logging.getLogger("chi_companion")
+GIL_SWITCH_SECONDS = 0.001
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_COUNT = 5
 
@@ -170,6 +172,11 @@ class CompanionServer(BaseApplication, Generic[S]):  # type: ignore[misc]
 
     def load(self) -> Any:
         ReadTimeoutThreadWorker.read_timeout = self.companion_config.server.request_timeout_seconds
+        # The thread holding the writer lock gives up the GIL in every SQLite call and must win
+        # it back from request threads parsing JSON, each time waiting up to the switch
+        # interval: at Python's 5 ms, a transaction of ten calls could be stretched by 50 ms
+        # while every writer queued behind it waits too (issue 15 item 11).
+        sys.setswitchinterval(GIL_SWITCH_SECONDS)
         # Runs in the worker, after fork: threads and SQLite connections are per process.
         self.ctx = self.build(self.companion_config)
         return self.make_app(self.ctx)
@@ -202,6 +209,11 @@ def serve(config: Config, build: Callable[[Config], S], make_app: AppFactory[S])
     # gunicorn's Worker.handle_error writes its refusals through util.write_error; this
     # process is the companion's server only, so the replacement touches nothing else.
     gunicorn_util.write_error = write_json_error
+    # A `systemctl reload` (SIGHUP) before gunicorn installs its handlers would end the process
+    # (HUP's default action), and systemd counts that as a clean exit: no Restart=on-failure.
+    # From here (after the imports, through the storage preparation, which can take a while)
+    # until gunicorn takes the signal over, a reload is ignored: the file was just read anyway.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     master_ctx = build(config)
     master_ctx.prepare_storage()
     master_ctx.close()

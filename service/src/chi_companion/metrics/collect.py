@@ -71,6 +71,25 @@ def collect(ctx: Companion, sync_latency: Histogram) -> list[Family]:
         newest.add(max(0.0, now - newest_t), device=device, type=kind)
     fams += [n, size, newest]
 
+    used = Family(
+        "chi_quota_used_bytes",
+        "gauge",
+        "Bytes a device stores, by kind (synced: row documents; backups: files).",
+    )
+    limit = Family(
+        "chi_quota_limit_bytes", "gauge", "The device's quota by kind (absent: no quota)."
+    )
+    quotas = ctx.health_checks()["quotas"]()["devices"]
+    for device, q in sorted(quotas.items()):
+        for kind, used_key, limit_key in (
+            ("synced", "syncedBytes", "syncedQuotaBytes"),
+            ("backups", "backupBytes", "backupQuotaBytes"),
+        ):
+            used.add(q[used_key], device=device, kind=kind)
+            if q[limit_key] is not None:
+                limit.add(q[limit_key], device=device, kind=kind)
+    fams += [used, limit]
+
     rep = ctx.health_checks()["replication"]()
     configured = rep.get("status") != "not_configured"
     rep_age = Family(

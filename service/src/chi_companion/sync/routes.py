@@ -39,6 +39,8 @@ def routes(app: Bottle, ctx: Core, store: SyncStore) -> None:
             if principal.is_operator:
                 raise ApiError(403, "forbidden", "rows are synced with the device's own key")
             principal.require_device(req.device_id)
+            # Grouped with other requests' writes: one commit (one fsync) for all of them.
+            result = ctx.db.writes.run(lambda conn: store.write(conn, req))
         except (ApiError, DomainError) as exc:
             refusal = to_api_error(exc) if isinstance(exc, DomainError) else exc
             store.record_rejection(
@@ -52,7 +54,6 @@ def routes(app: Bottle, ctx: Core, store: SyncStore) -> None:
                 refusal.detail,
             )
             raise refusal from None
-        result = store.store(ctx.db.conn(), req)
         return json_response(200, result.as_json())
 
     @app.get(f"{API}/sync/status")

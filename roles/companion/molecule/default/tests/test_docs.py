@@ -5,7 +5,8 @@ A fenced block preceded by `<!-- doc-test: companion -->` in docs/setup-guide.md
 docs/troubleshooting.md is executed here, so a doc change is tested. Lines with a prompt
 (`chi-srv-01# `, `$ `) are the commands and the others their sample output; a block without
 prompts is one script. `<!-- doc-test: companion key -->` marks the block that sets $KEY: it
-runs first, in front of every other block, and its key must be accepted.
+runs first, in front of every other block, reading the key from its input as the reader pastes
+it (the server's config holds only its digest), and the key must be accepted.
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ def blocks() -> tuple[str, list[tuple[str, str]]]:
 KEY_BLOCK, BLOCKS = blocks()
 
 
-def run(host: Any, body: str) -> Any:
-    return host.run(f"bash -eo pipefail -c {shlex.quote(KEY_BLOCK + chr(10) + body)}")
+def run(host: Any, body: str, key: str) -> Any:
+    """The key block, then ``body``, in one shell whose input is the key, as pasted."""
+    script = shlex.quote(KEY_BLOCK + chr(10) + body)
+    return host.run(f"printf '%s\\n' {shlex.quote(key)} | bash -eo pipefail -c {script}")
 
 
 def test_the_docs_mark_blocks_to_run() -> None:
@@ -56,18 +59,19 @@ def test_the_docs_mark_blocks_to_run() -> None:
     assert len(BLOCKS) >= 4, BLOCKS
 
 
-def test_the_key_block_reads_an_accepted_key(host: Any) -> None:
+def test_the_key_block_reads_an_accepted_key(host: Any, vault_key: str) -> None:
     result = run(
         host,
         'test -n "$KEY"\n'
         f'curl -sf -o /dev/null -H "X-API-Key: $KEY" http://127.0.0.1:{PORT}/api/v1/ping',
+        vault_key,
     )
     assert result.rc == 0, (KEY_BLOCK, result.stdout, result.stderr)
 
 
 @pytest.mark.parametrize(("where", "body"), BLOCKS, ids=[where for where, _ in BLOCKS])
-def test_marked_block_runs_as_written(host: Any, where: str, body: str) -> None:
-    result = run(host, body)
+def test_marked_block_runs_as_written(host: Any, where: str, body: str, vault_key: str) -> None:
+    result = run(host, body, vault_key)
     assert result.rc == 0, (
         f"{where}:\n{body}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
     )
