@@ -1,7 +1,9 @@
 """After the upgrade from 0.1.0 (prepare.yml installed it and gave it data; converge ran this
 tree over it): the same data, served by the new version (testinfra, run by `molecule verify`).
 
-The last test sends new rows, so it stays last.
+The last test sends new rows, so it stays last, and verify compares with the data of before
+the upgrade only once: run it again on the same hosts and the row checks fail (by design; a new
+`molecule test` starts from a fresh host).
 """
 
 from __future__ import annotations
