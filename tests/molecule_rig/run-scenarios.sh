@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run every Molecule scenario of the repository on systemd-nspawn hosts: each role's scenario
-# (roles/<role>/molecule/default, from roles/<role>), then the site scenario (molecule/default,
-# from the repository root). Prints each scenario's wall time; exits non-zero if any failed.
+# (roles/<role>/molecule/default, from roles/<role>, named <role>), each role's other scenarios
+# (roles/<role>/molecule/<s>, named <role>-<s>, e.g. companion-upgrade), then the site scenario
+# (molecule/default, from the repository root). Prints each scenario's wall time; exits
+# non-zero if any failed.
 #
 # Every scenario runs on Debian 13 (trixie, the real server's OS); the companion scenario runs
 # on Debian 12 (bookworm, still supported) as well. A run is NAME or NAME@DISTRO.
@@ -10,6 +12,7 @@
 #   tests/molecule_rig/run-scenarios.sh                 the whole matrix (what CI runs)
 #   tests/molecule_rig/run-scenarios.sh companion site  only these, on $MOLECULE_DISTRO (trixie)
 #   tests/molecule_rig/run-scenarios.sh companion@bookworm
+#   tests/molecule_rig/run-scenarios.sh companion-upgrade   0.1.0 -> this tree, with data
 #   FAIL_FAST=1 tests/molecule_rig/run-scenarios.sh     stop at the first failure
 set -uo pipefail
 
@@ -30,17 +33,22 @@ for tool in molecule systemd-nspawn debootstrap iptables; do
     }
 done
 
-# scenario name -> directory molecule runs in
-declare -A DIRS=()
+# scenario name -> directory molecule runs in, and molecule's scenario name there
+declare -A DIRS=() SCENARIOS=()
 ORDER=()
-for dir in "$REPO"/roles/*/molecule/default; do
+for dir in "$REPO"/roles/*/molecule/default "$REPO"/roles/*/molecule/*; do
     [[ -f $dir/molecule.yml ]] || continue
-    role="$(basename "$(dirname "$(dirname "$dir")")")"
-    DIRS[$role]="$REPO/roles/$role"
-    ORDER+=("$role")
+    role="$(basename "$(dirname "$(dirname "$dir")")")" scenario="$(basename "$dir")"
+    name="$role"
+    [[ $scenario == default ]] || name="$role-$scenario"
+    [[ -z ${DIRS[$name]:-} ]] || continue
+    DIRS[$name]="$REPO/roles/$role"
+    SCENARIOS[$name]="$scenario"
+    ORDER+=("$name")
 done
 if [[ -f $REPO/molecule/default/molecule.yml ]]; then
     DIRS[site]="$REPO"
+    SCENARIOS[site]=default
     ORDER+=(site)
 fi
 
@@ -82,10 +90,11 @@ failed=0
 for run in "${RUNS[@]}"; do
     name="${run%@*}" distro="${run#*@}"
     echo
-    echo "=== run-scenarios: $run (molecule test in ${DIRS[$name]#"$REPO"/}, Debian $distro) ==="
+    echo "=== run-scenarios: $run (molecule test -s ${SCENARIOS[$name]} in ${DIRS[$name]#"$REPO"/}, Debian $distro) ==="
     started=$SECONDS
     (cd "${DIRS[$name]}" && MOLECULE_DISTRO="$distro" \
-        MOLECULE_EPHEMERAL_DIRECTORY="$EPHEMERAL_ROOT/$name-$distro" molecule test)
+        MOLECULE_EPHEMERAL_DIRECTORY="$EPHEMERAL_ROOT/$name-$distro" \
+        molecule test --scenario-name "${SCENARIOS[$name]}")
     rc=$?
     took=$((SECONDS - started))
     if [[ $rc -eq 0 ]]; then
