@@ -137,6 +137,7 @@ def test_ten_thousand_tiny_concurrent_pings(make_companion: Callable[..., Compan
     # 64 senders on one address: far over the per-source limit, which is not what this
     # measures (tests/test_slow_clients.py does).
     companion = make_companion(server={"max_connections_per_source": 0})
+
     def ping(_: int) -> int:
         for attempt in range(5):
             try:
