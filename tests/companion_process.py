@@ -67,6 +67,9 @@ class Companion:
                 "port": self.port,
                 "data_dir": str(self.data_dir),
                 "threads": 8,
+                # Tests send many requests at once from 127.0.0.1; the production limit (8)
+                # is tested in test_slow_clients.py.
+                "max_connections_per_source": 64,
             },
             "operator": {"api_key": self.operator_key},
             "ollama": {"url": "http://127.0.0.1:9"},  # discard port: nothing answers

@@ -117,11 +117,15 @@ def test_slowloris_headers_are_cut_off(fast_timeout: Companion) -> None:
     started = time.monotonic()
     closed = 0
     for sock in socks:
+        reply = b""
         try:
-            if sock.recv(100) == b"":
-                closed += 1
+            while chunk := sock.recv(4096):
+                reply += chunk
         except (ConnectionResetError, TimeoutError):
-            closed += 1
+            pass
+        else:
+            # Closed by the server, with a 408 (the header deadline) or without a word.
+            closed += reply == b"" or status_of(reply) == 408
         sock.close()
     assert closed == 20
     assert time.monotonic() - started < 15
@@ -129,7 +133,11 @@ def test_slowloris_headers_are_cut_off(fast_timeout: Companion) -> None:
 
 
 @pytest.mark.slow(seconds=30)
-def test_ten_thousand_tiny_concurrent_pings(companion: Companion) -> None:
+def test_ten_thousand_tiny_concurrent_pings(make_companion: Callable[..., Companion]) -> None:
+    # 64 senders on one address: far over the per-source limit, which is not what this
+    # measures (tests/test_slow_clients.py does).
+    companion = make_companion(server={"max_connections_per_source": 0})
+
     def ping(_: int) -> int:
         for attempt in range(5):
             try:

@@ -183,6 +183,33 @@ class ServerSection:
     request_timeout_seconds: int = setting(
         30, "A client that sends nothing for this long is answered 408 and disconnected.", _positive
     )
+    # Slow and greedy clients (issue 15 item 2; core/slow_clients.py).
+    header_timeout_seconds: int | float = setting(
+        10,
+        "A request's line and headers must arrive within this many seconds of connecting, "
+        "or the connection is answered 408 and closed. Headers are read without holding a "
+        "request thread, so idle or dripping connections cost none.",
+        _positive,
+    )
+    min_body_bytes_per_second: int | float = setting(
+        500,
+        "After body_grace_seconds of waiting for it, a request body must keep arriving at "
+        "this average rate (time the server spends working is not counted), or the request "
+        "is answered 408 and nothing of it is kept; 0: no minimum rate.",
+        _non_negative,
+    )
+    body_grace_seconds: int | float = setting(
+        10,
+        "Waiting for a body this long is free before min_body_bytes_per_second applies.",
+        _non_negative,
+    )
+    max_connections_per_source: int = setting(
+        8,
+        "Connections one client address may have open at once; more are answered 429 "
+        "(Retry-After: 1) and closed. The Pi uses one at a time. Raise it, or 0 for no "
+        "limit, when clients reach the service through a proxy on one address.",
+        _non_negative,
+    )
     graceful_timeout_seconds: int = setting(
         30, "On SIGTERM, how long requests in flight may take to finish.", _positive
     )
