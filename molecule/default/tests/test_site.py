@@ -213,10 +213,8 @@ def test_key_pair_and_pinned_host_key(server: Any, nas: Any) -> None:
     public = server.file("/etc/chi-nas-replication/id_ed25519.pub").content_string.split()
     authorized = nas.file("/home/chi-replica/.ssh/authorized_keys").content_string
     # Write-only: the key may only run the forced rrsync (test_nas_write_only.py tries it).
-    assert (
-        f'restrict,command="{NAS_RRSYNC} -no-del /srv/nas/chi-replica" {public[0]} {public[1]}'
-        in authorized.splitlines()
-    ), authorized
+    line = f'restrict,command="{NAS_RRSYNC} -no-del /srv/nas/chi-replica" {public[0]} {public[1]}'
+    assert re.search(rf"^{re.escape(line)}( |$)", authorized, re.MULTILINE), authorized
 
     nas_key = nas.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()
     known = server.file("/etc/chi-nas-replication/known_hosts").content_string
@@ -517,10 +515,8 @@ def test_vault_provided_key_is_installed_as_given(server: Any, nas: Any) -> None
     assert derived.split()[:2] == public
     authorized = nas.file("/home/chi-replica/.ssh/authorized_keys").content_string
     # The mirror instance's key may delete (no -no-del), still write-only and no overwrite.
-    assert (
-        f'restrict,command="{NAS_RRSYNC} /srv/nas/chi-replica" {public[0]} {public[1]}'
-        in authorized.splitlines()
-    ), authorized
+    line = f'restrict,command="{NAS_RRSYNC} /srv/nas/chi-replica" {public[0]} {public[1]}'
+    assert re.search(rf"^{re.escape(line)}( |$)", authorized, re.MULTILINE), authorized
 
 
 def test_mirror_mode_deletes_with_a_cap(
