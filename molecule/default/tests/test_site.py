@@ -47,6 +47,8 @@ EXIT_LOCKED = 75
 NAS_KEY = "/etc/chi-nas-replication/id_ed25519"
 AS_REPLICATION = "runuser -u chi-companion -- "
 RSYNC_MAX_DELETE_EXCEEDED = 25
+# The NAS's forced command for the replication keys (roles/nas_test, nas_test_rrsync).
+NAS_RRSYNC = "/usr/bin/rrsync -wo -no-overwrite -no-lock"
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -210,7 +212,9 @@ def test_key_pair_and_pinned_host_key(server: Any, nas: Any) -> None:
     assert key.user == "chi-companion" and key.mode == 0o600
     public = server.file("/etc/chi-nas-replication/id_ed25519.pub").content_string.split()
     authorized = nas.file("/home/chi-replica/.ssh/authorized_keys").content_string
-    assert f"restrict {public[0]} {public[1]}" in authorized
+    # Write-only: the key may only run the forced rrsync (test_nas_write_only.py tries it).
+    line = f'restrict,command="{NAS_RRSYNC} -no-del /srv/nas/chi-replica" {public[0]} {public[1]}'
+    assert re.search(rf"^{re.escape(line)}( |$)", authorized, re.MULTILINE), authorized
 
     nas_key = nas.file("/etc/ssh/ssh_host_ed25519_key.pub").content_string.split()
     known = server.file("/etc/chi-nas-replication/known_hosts").content_string
@@ -337,14 +341,13 @@ def test_interrupted_transfer_leaves_no_partial_file_on_the_nas(
     assert killed.rc == 0, "no rsync to kill: the transfer was not running"
     wait_until(lambda: nas_rsync_gone(nas), timeout=30, what="the NAS receiver to finish")
 
-    # Nothing under the file's name, and no temp file beside it: only the partial-dir holds the
-    # bytes received so far (the next run resumes from them).
+    # Nothing under the file's name, and no temp file beside it: the NAS forces rrsync
+    # -no-overwrite, which refuses --partial-dir, so the receiver deletes its temp file (a file
+    # kept under its name would never be completed: nothing on the NAS is ever replaced).
     listing = nas.run("find %s -mindepth 1 -maxdepth 1 -printf '%%f\\n'", nas_dir).stdout.split()
     assert name not in listing
     assert [n for n in listing if name in n] == [], listing
-    partial = nas.file(f"{nas_dir}/.rsync-partial/{name}")
-    assert partial.exists, "the received part was discarded instead of kept for resuming"
-    assert 0 < partial.size < len(data)
+    assert ".rsync-partial" not in listing
 
     wait_until(
         lambda: read_status(server)["finished_at"] is not None,
@@ -356,12 +359,13 @@ def test_interrupted_transfer_leaves_no_partial_file_on_the_nas(
     assert failed["last_success_at"] == success_before  # a failed run keeps the last success
     assert "FAILED" in server.file("/tmp/interrupted.out").content_string
 
-    # The next run completes the file, and nothing of the partial-dir is left behind.
+    # The next run sends the file again, whole, and nothing else is left behind.
     again = replicate(server)
     assert again.rc == 0, again.stderr
     assert nas_sha256(nas, f"{nas_dir}/{name}") == stored["sha256"]
-    leftovers = nas.run("find %s -name .rsync-partial", NAS_TARGET).stdout.strip()
-    assert leftovers == ""
+    leftovers = nas.run("find %s -mindepth 1 -name '.*'", nas_dir)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
+    assert nas.run("find %s -name .rsync-partial", NAS_TARGET).stdout.strip() == ""
     assert read_status(server)["last_success_at"] > success_before
 
 
@@ -510,7 +514,9 @@ def test_vault_provided_key_is_installed_as_given(server: Any, nas: Any) -> None
     derived = server.file("/etc/chi-nas-replication-mirror/id_ed25519.pub").content_string
     assert derived.split()[:2] == public
     authorized = nas.file("/home/chi-replica/.ssh/authorized_keys").content_string
-    assert f"restrict {public[0]} {public[1]}" in authorized
+    # The mirror instance's key may delete (no -no-del), still write-only and no overwrite.
+    line = f'restrict,command="{NAS_RRSYNC} /srv/nas/chi-replica" {public[0]} {public[1]}'
+    assert re.search(rf"^{re.escape(line)}( |$)", authorized, re.MULTILINE), authorized
 
 
 def test_mirror_mode_deletes_with_a_cap(
