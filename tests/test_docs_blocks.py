@@ -156,3 +156,27 @@ def test_variable_names_the_guides_use_exist() -> None:
     for path in set(re.findall(r"group_vars/[\w/]+\.yml", texts)):
         if "vault.yml" not in path:
             assert (REPO / "inventory/production" / path).is_file(), path
+
+
+def test_role_variables_the_guides_name_exist() -> None:
+    """A variable the guides tell you to set is one the role (or group_vars/all) defines."""
+    texts = "".join((REPO / doc).read_text() for doc in GUIDES)
+    hosts = (REPO / "inventory/production/hosts.yml").read_text()
+    shared = (REPO / "inventory/production/group_vars/all/main.yml").read_text()
+    tags = "".join(p.read_text() for p in REPO.glob("roles/*/tasks/*.yml"))
+    roles = ("companion", "ollama", "nas_replication", "pi_push", "chi")
+    unknown = []
+    not_variables = {"chi_companion"}  # the nftables table `inet chi_companion`
+    for name in sorted(set(re.findall(rf"\b(?:{'|'.join(roles)})_[a-z0-9_]+", texts))):
+        if name in not_variables:
+            continue
+        role = next(r for r in roles if name.startswith(r + "_"))
+        where = shared if role == "chi" else (REPO / f"roles/{role}/defaults/main.yml").read_text()
+        if re.search(rf"^{name}:", where, re.M) or f"{name}:" in hosts:
+            continue
+        if re.search(rf"\b{name}\b", tags) and re.search(
+            rf"tags:.*\b{name}\b|- {name}$", tags, re.M
+        ):
+            continue
+        unknown.append(name)
+    assert not unknown, f"named in the guides, defined nowhere: {unknown}"
