@@ -55,7 +55,8 @@ def ids(blocks: list[Any]) -> list[str]:
 
 
 def run(host: Any, key: str, body: str) -> Any:
-    script = KEY_BLOCKS[0].script() + "\n" + body
+    # A block that asks the key itself reads it from stdin; the others get the key block first.
+    script = body if "read -rsp" in body else KEY_BLOCKS[0].script() + "\n" + body
     return host.run(
         f"printf '%s\\n' {shlex.quote(key)} | bash -eo pipefail -c {shlex.quote(script)}"
     )
