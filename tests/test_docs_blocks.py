@@ -28,7 +28,7 @@ RUNNERS = {
     "companion key": "roles/companion/molecule/default/tests/test_docs.py",
     "companion stops": "roles/companion/molecule/default/tests/test_docs.py",
     "companion lan": "roles/companion/molecule/default/tests/test_docs.py",
-    "site": "molecule/default/tests/test_docs_site.py",
+    "site": "molecule/default/tests/test_site_docs.py",
     "controller": "tests/test_docs_controller.py",
     # The disaster-recovery section's blocks (issue 14 item 4), run by the site scenario.
     "disaster": "molecule/default/tests/test_disaster.py",
