@@ -53,7 +53,10 @@ PROVEN = {
     (
         "docs/setup-guide.md",
         "controller$ chi-companion gen-key",
-    ): "roles/companion/molecule/default/tests/test_keys.py::test_key_rotation_is_a_reload_not_a_restart",
+    ): (
+        "roles/companion/molecule/default/tests/test_keys.py"
+        "::test_key_rotation_is_a_reload_not_a_restart"
+    ),
 }
 
 BLOCKS = guide_blocks(REPO)
