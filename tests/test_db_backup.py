@@ -22,6 +22,7 @@ import pytest
 
 from tests.companion_process import Companion
 from tests.sync_payloads import realtime_rows, sync_body
+from tests.tmpfs import mounted_tmpfs
 
 BATCH = 100
 NAME_FORMAT = "companion-%Y%m%dT%H%M%SZ.db.gz"
@@ -430,3 +431,37 @@ def test_as_root_files_belong_to_the_data_directory_owner(
     db = comp.data_dir / "companion.db"
     assert (db.stat().st_uid, db.stat().st_gid) == (nobody, nobody)
     assert all(p.stat().st_uid == nobody for p in comp.data_dir.iterdir())
+
+
+def test_a_full_disk_stores_nothing(
+    make_companion: Callable[..., Companion], tmp_path: Path
+) -> None:
+    """The data directory's disk fills up during the copy: one line, exit 1, and no copy or
+    temp file is left in db-backups/; with room again the next run works."""
+    with mounted_tmpfs(tmp_path / "disk", "8m") as disk:
+        comp = make_companion(start=False)
+        comp.data_dir = disk / "data"
+        config = comp.config_path.read_text().replace(
+            str(comp.base_dir / "data"), str(comp.data_dir)
+        )
+        comp.config_path.write_text(config)
+        comp.start()
+        for first in range(1, 2001, BATCH):
+            sync(comp, first)
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 65536):
+                pass
+        except OSError:
+            pass  # ENOSPC: the disk is full now
+        finally:
+            os.close(fd)
+        line = one_line_error(cli(comp, "backup"))
+        assert "nothing was stored" in line and "full" in line, line
+        assert list((comp.data_dir / "db-backups").iterdir()) == []
+        filler.unlink()
+        result = cli(comp, "backup")
+        assert result.returncode == 0, result.stderr
+        assert len(copies(comp)) == 1
+        comp.stop()

@@ -41,20 +41,13 @@ PROMPT = re.compile(r"^ *(?:chi-srv-01# |\$ )")
 
 
 def guide_blocks(marker: str) -> list[str]:
-    """The guide's blocks with exactly this marker, as scripts: the prompted lines only."""
-    found = []
-    for match in BLOCK.finditer(GUIDE.read_text()):
-        if match.group(1) == marker:
-            lines = [PROMPT.sub("", line) for line in match.group(2).splitlines()]
-            found.append(
-                "\n".join(
-                    PROMPT.sub("", line)
-                    for line in match.group(2).splitlines()
-                    if PROMPT.match(line)
-                )
-                or "\n".join(lines)
-            )
-    return found
+    """The guide's blocks with exactly this marker, as scripts: their prompted lines (the
+    others are sample output)."""
+    return [
+        "\n".join(PROMPT.sub("", line) for line in body.splitlines() if PROMPT.match(line))
+        for found, body in BLOCK.findall(GUIDE.read_text())
+        if found == marker
+    ]
 
 
 def run_block(host: Any, body: str) -> Any:
