@@ -117,7 +117,7 @@ def relay(
 ) -> None:
     """Copy a directory tree host to host through this controller (root, the rig's key)."""
     ssh = (
-        f"ssh -i {shlex.quote(str(src_vars['ansible_ssh_private_key_file']))}"
+        f"ssh -i {shlex.quote(str(src_vars['ansible_private_key_file']))}"
         " -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
     )
     for command in (
@@ -170,15 +170,15 @@ def test_a_new_server_restored_from_the_nas_serves_the_same_data(tmp_path: Path)
         answer = request("POST", f"{old_url}/api/v1/sync", key, json=body)
         assert answer.status_code == 200, answer.text
     pi_backup = secrets.token_bytes(64 * 1024)
-    name = f"disaster-{secrets.token_hex(4)}.db"
     answer = request(
         "PUT",
-        f"{old_url}/api/v1/backups/{DEVICE}/database/{name}",
+        f"{old_url}/api/v1/backups/{DEVICE}/database/disaster-{secrets.token_hex(4)}.db",
         key,
         data=pi_backup,
         headers={"X-Content-SHA256": hashlib.sha256(pi_backup).hexdigest()},
     )
     assert answer.status_code == 201, answer.text
+    name = answer.json()["name"]  # the server adds its receive time to the Pi's file name
 
     # 2. The database backup timer's service, run as the guide's block runs it.
     assert server.service("chi-companion-db-backup.timer").is_enabled
