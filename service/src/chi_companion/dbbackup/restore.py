@@ -112,7 +112,8 @@ def check(path: Path, name: str, schemas: list[str]) -> dict[str, int]:
                 conn.execute(statement)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # some errors roll back by themselves
+                conn.execute("ROLLBACK")
             raise NotRestorable(
                 "schema not migratable",
                 f"{name} has a schema this version cannot migrate ({exc}); nothing was changed",
