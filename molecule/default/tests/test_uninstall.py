@@ -25,6 +25,8 @@ REMOVED = [
     # companion
     "/etc/systemd/system/chi-companion.service",
     "/etc/systemd/system/chi-companion-firewall.service",
+    "/etc/systemd/system/chi-companion-db-backup.service",
+    "/etc/systemd/system/chi-companion-db-backup.timer",
     "/etc/chi-companion",
     "/opt/chi-companion",
     "/usr/local/bin/chi-companion",
@@ -35,6 +37,7 @@ REMOVED = [
 KEPT = [
     "/srv/chi-companion/companion.db",
     "/srv/chi-companion/backups",
+    "/srv/chi-companion/db-backups",
     "/srv/ollama/models",
     "/etc/chi-nas-replication/id_ed25519",
     "/srv/chi-companion/replication/status.json",

@@ -34,6 +34,7 @@ from .core.errors import DomainError
 from .core.keys import new_key
 from .core.release import ReleaseError, load_record
 from .core.server import serve
+from .dbbackup import cli as db_cli
 from .sync import cli as sync_cli
 from .web import create_app
 
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     backup_cli.register(add_group)
     analysis_cli.register(add_group)
+    db_cli.register(add_group)
     return parser
 
 

@@ -19,6 +19,7 @@ from .analysis.service import AnalysisService, ollama_health
 from .backups.health import backups_health
 from .backups.store import SCHEMA as BACKUP_SCHEMA
 from .backups.store import BackupStore
+from .core import service_lock
 from .core.config import Config
 from .core.context import Core
 from .core.health import HealthCheck, health_report
@@ -31,7 +32,7 @@ from .sync.store import SyncStore
 
 log = logging.getLogger(__name__)
 
-DATA_SUBDIRS = ("backups", "ai_results", "logs")
+DATA_SUBDIRS = ("backups", "ai_results", "logs", "db-backups")
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Companion:
             (data_dir / sub).mkdir(mode=0o750, exist_ok=True)
         if not os.access(data_dir, os.W_OK):
             raise PermissionError(f"data directory {data_dir} is not writable by this user")
+        # Held for the server's life: `chi-companion db restore` refuses while it is.
+        service_lock.hold(data_dir)
         self.core.db.migrate(self.schemas)
         self.backups.reconcile()
         analysis_service.cleanup_temp_results(data_dir)

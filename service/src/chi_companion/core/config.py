@@ -425,6 +425,31 @@ class MetricsSection:
         return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
 
 
+@dataclass(frozen=True)
+class DbBackupSection:
+    """[db_backup]: `chi-companion db backup`, the companion's own database copied (online,
+    checked, gzipped) into db-backups/ in server.data_dir; these rules thin the copies out
+    after each run, as restic's --keep-* options do (all 0: keep every copy)."""
+
+    keep_last: int = setting(7, "Keep the newest this many copies.", _non_negative)
+    keep_daily: int = setting(14, "Keep the newest copy of each of this many days.", _non_negative)
+    keep_weekly: int = setting(
+        8, "Keep the newest copy of each of this many ISO weeks.", _non_negative
+    )
+    keep_monthly: int = setting(
+        12, "Keep the newest copy of each of this many months.", _non_negative
+    )
+
+    @property
+    def policy(self) -> dict[str, int]:
+        return {
+            "keep_last": self.keep_last,
+            "keep_daily": self.keep_daily,
+            "keep_weekly": self.keep_weekly,
+            "keep_monthly": self.keep_monthly,
+        }
+
+
 SECTIONS: dict[str, type] = {
     "server": ServerSection,
     "release": ReleaseSection,
@@ -436,6 +461,7 @@ SECTIONS: dict[str, type] = {
     "replication": ReplicationSection,
     "operator": OperatorSection,
     "metrics": MetricsSection,
+    "db_backup": DbBackupSection,
 }
 
 
@@ -476,6 +502,7 @@ class Config:
     replication: ReplicationSection
     operator: OperatorSection
     metrics: MetricsSection
+    db_backup: DbBackupSection
     # device id -> SHA-256 hex digests of its keys (two during a rotation)
     devices: dict[str, tuple[str, ...]]
     retention: dict[str, dict[str, int]] = field(default_factory=dict)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1024 * 1024
 
@@ -35,6 +38,26 @@ def write_atomic(path: Path, payload: bytes, mode: int = 0o640) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextmanager
+def atomic_file(path: Path, mode: int = 0o640) -> Iterator[BinaryIO]:
+    """``write_atomic`` for a payload written in pieces (e.g. through gzip): the caller writes
+    to the yielded file; only a block that ends without an exception makes ``path`` appear
+    (fsynced, then renamed over it). The temp name matches the ``.*.tmp`` the NAS
+    replication skips."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -17,6 +17,8 @@ INSTALLED = [
     f"/etc/systemd/system/{SERVICE}-firewall.service",
     f"/etc/systemd/system/{SERVICE}-prune.service",
     f"/etc/systemd/system/{SERVICE}-prune.timer",
+    f"/etc/systemd/system/{SERVICE}-db-backup.service",
+    f"/etc/systemd/system/{SERVICE}-db-backup.timer",
     "/usr/local/bin/chi-companion",
     VENV,
     CONFIG,
