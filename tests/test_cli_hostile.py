@@ -86,6 +86,10 @@ COMMANDS: dict[tuple[str, ...], Command] = {
         positionals=("1", "{tmp}/restored"),
         baseline=EXIT_ERROR,
     ),
+    ("db", "backup"): Command(),
+    ("db", "restore"): Command(
+        positionals=("{tmp}/no-such-backup.db.gz",), database="none", baseline=EXIT_ERROR
+    ),
     ("analyses", "list"): Command(),
     ("analyses", "show"): Command(positionals=("1",), baseline=EXIT_ERROR),
     ("analyses", "retry"): Command(positionals=("1",), baseline=EXIT_ERROR),

@@ -32,6 +32,7 @@ RUNNERS = {
     "controller": "tests/test_docs_controller.py",
     # The disaster-recovery section's blocks (issue 14 item 4), run by the site scenario.
     "disaster": "molecule/default/tests/test_disaster.py",
+    "disaster backup": "molecule/default/tests/test_disaster.py",
 }
 
 MANUAL = {

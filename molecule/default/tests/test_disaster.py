@@ -16,12 +16,14 @@ from the NAS host to the fresh host with the rig's root key.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,23 +33,23 @@ import testinfra
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 REPO = Path(__file__).resolve().parents[3]
-GUIDE = REPO / "docs" / "setup-guide.md"
 DEVICE = "chi-eclipse-01"
 DATA_DIR = "/srv/chi-companion"
 NAS_TARGET = "/srv/nas/chi-replica/chi-srv-01"
 REPLICATE = "/usr/local/bin/chi-nas-replicate"
-BLOCK = re.compile(r"<!-- doc-test: (disaster(?: backup)?) -->\n *```[a-z]*\n(.*?)\n *```", re.S)
-PROMPT = re.compile(r"^ *(?:chi-srv-01# |\$ )")
+# The guide's parser and markers (tests/docblocks.py), loaded by path: this scenario's tests
+# run from molecule's directory, not as part of the repository's test package.
+_spec = importlib.util.spec_from_file_location("chi_docblocks", REPO / "tests" / "docblocks.py")
+assert _spec and _spec.loader
+docblocks = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = docblocks  # dataclasses look their module up there
+_spec.loader.exec_module(docblocks)
 
 
 def guide_blocks(marker: str) -> list[str]:
-    """The guide's blocks with exactly this marker, as scripts: their prompted lines (the
-    others are sample output)."""
-    return [
-        "\n".join(PROMPT.sub("", line) for line in body.splitlines() if PROMPT.match(line))
-        for found, body in BLOCK.findall(GUIDE.read_text())
-        if found == marker
-    ]
+    """The guide's blocks with exactly this marker ("disaster" or "disaster backup"), as
+    scripts: their prompted lines (the others are sample output)."""
+    return [block.script() for block in docblocks.marked(REPO, marker)]
 
 
 def run_block(host: Any, body: str) -> Any:
