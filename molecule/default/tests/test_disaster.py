@@ -16,34 +16,23 @@ from the NAS host to the fresh host with the rig's root key.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
 import secrets
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import requests
 import testinfra
+from site_scenario import DEVICE, INVENTORY, REPO, docblocks
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-REPO = Path(__file__).resolve().parents[3]
-DEVICE = "chi-eclipse-01"
 DATA_DIR = "/srv/chi-companion"
 NAS_TARGET = "/srv/nas/chi-replica/chi-srv-01"
 REPLICATE = "/usr/local/bin/chi-nas-replicate"
-# The guide's parser and markers (tests/docblocks.py), loaded by path: this scenario's tests
-# run from molecule's directory, not as part of the repository's test package.
-_spec = importlib.util.spec_from_file_location("chi_docblocks", REPO / "tests" / "docblocks.py")
-assert _spec and _spec.loader
-docblocks = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = docblocks  # dataclasses look their module up there
-_spec.loader.exec_module(docblocks)
 
 
 def guide_blocks(marker: str) -> list[str]:

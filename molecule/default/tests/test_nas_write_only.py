@@ -11,7 +11,6 @@ wrapper's own copy still works is shown by tests/test_site.py.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shlex
@@ -19,9 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import testinfra
-
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 
 SSH = "ssh -F /etc/chi-nas-replication/ssh_config"
 AS_REPLICATION = "runuser -u chi-companion -- "
@@ -29,16 +25,6 @@ NAS_ROOT = "/srv/nas/chi-replica"  # the forced rrsync's directory
 RRSYNC = "/usr/bin/rrsync -wo -no-overwrite -no-lock"
 # What a stock rsync 3.x client sends for `rsync -a` (the server's short options).
 SERVER_FLAGS = "-logDtpre.iLsfxCIvu"
-
-
-@pytest.fixture(scope="module")
-def server() -> Any:
-    return testinfra.get_host("ansible://server", ansible_inventory=INVENTORY)
-
-
-@pytest.fixture(scope="module")
-def nas() -> Any:
-    return testinfra.get_host("ansible://nas", ansible_inventory=INVENTORY)
 
 
 @dataclass

@@ -28,10 +28,7 @@ from typing import Any
 
 import pytest
 import requests
-import testinfra
-
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-REPO = Path(__file__).resolve().parents[3]
+from site_scenario import DEVICE, INVENTORY, REPO
 
 DATA_DIR = "/srv/chi-companion"
 STATUS_FILE = f"{DATA_DIR}/replication/status.json"
@@ -42,7 +39,6 @@ MIRROR_COMMAND = "/usr/local/bin/chi-nas-replicate-mirror"
 NAS_TARGET = "/srv/nas/chi-replica/chi-srv-01"
 NAS_DAEMON_TARGET = "/srv/nas/chi-replica-daemon/chi-srv-01"
 NAS_MIRROR_TARGET = "/srv/nas/chi-replica/chi-srv-01-mirror"
-DEVICE = "chi-eclipse-01"
 EXIT_LOCKED = 75
 NAS_KEY = "/etc/chi-nas-replication/id_ed25519"
 AS_REPLICATION = "runuser -u chi-companion -- "
@@ -52,37 +48,6 @@ NAS_RRSYNC = "/usr/bin/rrsync -wo -no-overwrite -no-lock"
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def server() -> Any:
-    return testinfra.get_host("ansible://server", ansible_inventory=INVENTORY)
-
-
-@pytest.fixture(scope="module")
-def nas() -> Any:
-    return testinfra.get_host("ansible://nas", ansible_inventory=INVENTORY)
-
-
-@pytest.fixture(scope="module")
-def server_vars(server: Any) -> dict[str, Any]:
-    return dict(server.ansible.get_variables())
-
-
-@pytest.fixture(scope="module")
-def base_url(server_vars: dict[str, Any]) -> str:
-    return f"http://{server_vars['ansible_host']}:{server_vars['companion_port']}"
-
-
-@pytest.fixture(scope="module")
-def device_key(server_vars: dict[str, Any]) -> str:
-    devices = {d["id"]: d["api_key"] for d in server_vars["companion_devices"]}
-    return str(devices[DEVICE])
-
-
-@pytest.fixture(scope="module")
-def operator_key(server_vars: dict[str, Any]) -> str:
-    return str(server_vars["companion_operator_api_key"])
 
 
 # ------------------------------------------------------------------------------ helpers

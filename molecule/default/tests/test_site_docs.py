@@ -21,49 +21,21 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import json
-import os
 import shlex
 import sqlite3
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-import testinfra
+from site_scenario import DEVICE, REPO, docblocks
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-REPO = Path(__file__).resolve().parents[3]
-DEVICE = "chi-eclipse-01"
 PRODUCTION_DATA_DIR = "/mnt/raid5/chi-companion"
 
-_spec = importlib.util.spec_from_file_location("chi_docblocks", REPO / "tests" / "docblocks.py")
-assert _spec and _spec.loader
-docblocks = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = docblocks  # dataclasses look their module up there
-_spec.loader.exec_module(docblocks)
 
 ALL = docblocks.guide_blocks(REPO)
 KEY_BLOCK = next(b for b in ALL if b.marker == "companion key")
 BLOCKS = [b for b in ALL if b.marker == "site"]
-
-
-@pytest.fixture(scope="module")
-def server() -> Any:
-    return testinfra.get_host("ansible://server", ansible_inventory=INVENTORY)
-
-
-@pytest.fixture(scope="module")
-def server_vars(server: Any) -> dict[str, Any]:
-    return dict(server.ansible.get_variables())
-
-
-@pytest.fixture(scope="module")
-def device_key(server_vars: dict[str, Any]) -> str:
-    devices = {d["id"]: d["api_key"] for d in server_vars["companion_devices"]}
-    return str(devices[DEVICE])
 
 
 def upload_database(base: str, headers: dict[str, str], tmp_path_factory: Any) -> None:

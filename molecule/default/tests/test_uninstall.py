@@ -8,12 +8,10 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import testinfra
+from site_scenario import INVENTORY, REPO
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-REPO = Path(__file__).resolve().parents[3]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 REMOVED = [
