@@ -33,18 +33,8 @@ def is_disk_full(exc: BaseException) -> bool:
 
 def write_atomic(path: Path, payload: bytes, mode: int = 0o640) -> None:
     path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_file(path, mode) as fh:
+        fh.write(payload)
 
 
 @contextmanager
