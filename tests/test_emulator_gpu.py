@@ -7,14 +7,13 @@ fake one on PATH with a GPU described per test, and talk HTTP to the emulator on
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from tests.ollama_emulator import OllamaEmulator
 
@@ -23,11 +22,9 @@ GEMMA_SIZE = 1629518495  # gemma2:2b in the emulated registry
 
 
 def _call(url: str, method: str, path: str, body: Any = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    with urllib.request.urlopen(
-        urllib.request.Request(url + path, data=data, method=method), timeout=10
-    ) as resp:
-        return json.loads(resp.read())
+    resp = requests.request(method, url + path, json=body, timeout=10)
+    resp.raise_for_status()
+    return resp.json()
 
 
 @pytest.fixture

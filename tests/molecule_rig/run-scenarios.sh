@@ -5,8 +5,9 @@
 # (molecule/default, from the repository root). Prints each scenario's wall time; exits
 # non-zero if any failed.
 #
-# Every scenario runs on Debian 13 (trixie, the real server's OS); the companion scenario runs
-# on Debian 12 (bookworm, still supported) as well. A run is NAME or NAME@DISTRO.
+# Every scenario runs on Debian 13 (trixie, the real server's OS); the companion scenario (the
+# server) and the pi_push scenario (the Pi, whose Raspberry Pi OS may still be Bookworm) run on
+# Debian 12 (bookworm, still supported) as well. A run is NAME or NAME@DISTRO.
 #
 # Usage (as root; `make molecule` does this with .venv/bin on PATH):
 #   tests/molecule_rig/run-scenarios.sh                 the whole matrix (what CI runs)
@@ -63,8 +64,9 @@ else
     for name in "${ORDER[@]}"; do
         RUNS+=("$name@trixie")
     done
-    # Debian 12 stays supported: the companion (Python 3.11) there too.
+    # Debian 12 stays supported: the companion (Python 3.11) and the Pi's push tool there too.
     [[ -n ${DIRS[companion]:-} ]] && RUNS+=("companion@bookworm")
+    [[ -n ${DIRS[pi_push]:-} ]] && RUNS+=("pi_push@bookworm")
 fi
 for run in "${RUNS[@]}"; do
     name="${run%@*}" distro="${run#*@}"
