@@ -59,9 +59,16 @@ def chromium(width: int = 1280, height: int = 900) -> Iterator[webdriver.Chrome]
 def full_page_screenshot(driver: webdriver.Chrome, path: Path) -> Path:
     """The whole page, not just the window: grow the window to the document's height."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    height = driver.execute_script("return document.documentElement.scrollHeight")
     width = driver.get_window_size()["width"]
-    driver.set_window_size(width, max(600, int(height) + 120))
+    # The window's size includes Chromium's own frame, so the viewport comes out shorter than
+    # asked: grow the window by what is still hidden until the page fits (twice is enough).
+    for _ in range(3):
+        hidden = driver.execute_script(
+            "return document.documentElement.scrollHeight - window.innerHeight"
+        )
+        if int(hidden) <= 0:
+            break
+        driver.set_window_size(width, driver.get_window_size()["height"] + int(hidden) + 16)
     driver.save_screenshot(str(path))
     return path
 

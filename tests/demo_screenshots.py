@@ -8,6 +8,7 @@ and that drive's page with headless Chromium. Run by `make screenshots`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,6 +21,7 @@ from selenium.webdriver.common.by import By
 from tests.browser import ROOT, chromium, full_page_screenshot, go
 from tests.companion_process import Companion
 from tests.drive_rows import drive_rows
+from tests.fake_gpu import describe, fake_gpu_env
 from tests.ollama_emulator import OllamaEmulator
 from tests.sync_payloads import sync_body
 
@@ -38,8 +40,12 @@ def sync(comp: Companion, rows: list[dict], device: str, key: str) -> None:
 
 
 def main() -> int:
-    emu = OllamaEmulator(models=("gemma2:2b",)).start()
     with tempfile.TemporaryDirectory() as tmp:
+        # The real server's 12 GB card (a test double), so the pictures show the model on the
+        # GPU as on Chi-Srv-01, not this machine's CPU.
+        os.environ.update(fake_gpu_env(Path(tmp)))
+        describe(os.environ["FAKE_NVIDIA_SMI_CONF"], "550.163.01", 11800)
+        emu = OllamaEmulator(models=("gemma2:2b",)).start()
         comp = Companion(Path(tmp), {"ollama": {"url": emu.url, "poll_seconds": 0.3}}).start()
         try:
             first = 1

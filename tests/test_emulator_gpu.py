@@ -7,7 +7,6 @@ fake one on PATH with a GPU described per test, and talk HTTP to the emulator on
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +14,9 @@ from typing import Any
 import pytest
 import requests
 
+from tests.fake_gpu import describe, fake_gpu_env
 from tests.ollama_emulator import OllamaEmulator
 
-FAKE_SMI = Path(__file__).resolve().parent / "gpu_double" / "nvidia_smi.py"
 GEMMA_SIZE = 1629518495  # gemma2:2b in the emulated registry
 
 
@@ -30,22 +29,10 @@ def _call(url: str, method: str, path: str, body: Any = None) -> Any:
 @pytest.fixture
 def gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """PATH holds only the fake nvidia-smi; write the returned file to describe a GPU."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "nvidia-smi"
-    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_SMI} "$@"\n')
-    wrapper.chmod(0o755)
-    conf = tmp_path / "fake-nvidia-smi.conf"
-    monkeypatch.setenv("PATH", str(bin_dir))
-    monkeypatch.setenv("FAKE_NVIDIA_SMI_CONF", str(conf))
-    yield conf
-
-
-def _describe(conf: Path, driver: str, free_mib: int) -> None:
-    conf.write_text(
-        "name=NVIDIA GeForce RTX 3060\n"
-        f"driver_version={driver}\nmemory.total=12288\nmemory.free={free_mib}\ncompute_cap=8.6\n"
-    )
+    env = fake_gpu_env(tmp_path, keep_path=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield Path(env["FAKE_NVIDIA_SMI_CONF"])
 
 
 def _load_and_ps(emu: OllamaEmulator) -> dict[str, Any]:
@@ -73,25 +60,25 @@ def test_no_driver_means_cpu(gpu: Path, emu: OllamaEmulator) -> None:
 def test_driver_550_with_room_puts_the_whole_model_on_the_gpu(
     gpu: Path, emu: OllamaEmulator
 ) -> None:
-    _describe(gpu, "550.163.01", 11800)
+    describe(gpu, "550.163.01", 11800)
     entry = _load_and_ps(emu)
     assert entry["size_vram"] == entry["size"] == GEMMA_SIZE
 
 
 def test_driver_535_is_refused_like_ollama_does(gpu: Path, emu: OllamaEmulator) -> None:
-    _describe(gpu, "535.247.01", 11800)
+    describe(gpu, "535.247.01", 11800)
     assert _load_and_ps(emu)["size_vram"] == 0
 
 
 def test_gpu_without_free_vram_means_cpu(gpu: Path, emu: OllamaEmulator) -> None:
-    _describe(gpu, "550.163.01", 200)
+    describe(gpu, "550.163.01", 200)
     assert _load_and_ps(emu)["size_vram"] == 0
 
 
 def test_placement_is_decided_at_load_time_only(gpu: Path, emu: OllamaEmulator) -> None:
-    _describe(gpu, "550.163.01", 11800)
+    describe(gpu, "550.163.01", 11800)
     assert _load_and_ps(emu)["size_vram"] == GEMMA_SIZE
-    _describe(gpu, "550.163.01", 200)  # VRAM taken later: the loaded model stays where it is
+    describe(gpu, "550.163.01", 200)  # VRAM taken later: the loaded model stays where it is
     assert _load_and_ps(emu)["size_vram"] == GEMMA_SIZE
     _call(emu.url, "POST", "/api/generate", {"model": "gemma2:2b", "keep_alive": 0})
     assert _call(emu.url, "GET", "/api/ps")["models"] == []

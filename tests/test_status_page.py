@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.companion_process import Companion
 from tests.drive_rows import drive_rows
+from tests.fake_gpu import describe, fake_gpu_env
+from tests.ollama_emulator import OllamaEmulator
 from tests.sync_payloads import sync_body
 
 DRIVE = 7
@@ -233,3 +237,47 @@ def test_one_hour_drive_page_stays_under_300_kb(
     assert len(r.content) < 300_000
     points = [int(p) for p in re.findall(r'data-points="(\d+)"', r.text)]
     assert len(points) == 5 and all(400 <= p <= 800 for p in points)
+
+
+@pytest.mark.parametrize(
+    ("driver", "free_mib", "runs_on", "vram"),
+    [("550.163.01", 11800, "gpu", "1.5 GiB of VRAM"), ("535.247.01", 11800, "cpu", None)],
+)
+def test_overview_says_where_the_model_runs(
+    make_companion: Callable[..., Companion],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    driver: str,
+    free_mib: int,
+    runs_on: str,
+    vram: str | None,
+) -> None:
+    """The owner sees from the overview whether gemma2:2b runs on the GPU (and how much VRAM it
+    holds) or on the CPU, as Ollama's /api/ps reports it (the emulator with the fake
+    nvidia-smi: driver 550 places the model on the GPU, 535 is refused by Ollama)."""
+    for name, value in fake_gpu_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    describe(os.environ["FAKE_NVIDIA_SMI_CONF"], driver, free_mib)
+    emu = OllamaEmulator(models=("gemma2:2b",)).start()
+    try:
+        comp = make_companion(ollama={"url": emu.url, "poll_seconds": 0.2})
+        loaded = requests.post(
+            f"{emu.url}/api/generate", json={"model": "gemma2:2b", "keep_alive": "5m"}, timeout=10
+        )
+        assert loaded.json()["done_reason"] == "load"
+        s = signed_in(comp, comp.operator_key)
+        deadline = time.monotonic() + 10
+        while True:
+            html = s.get(comp.url + "/").text
+            ollama = html[html.index("<h2>Ollama</h2>") : html.index("<h2>Storage</h2>")]
+            if "not loaded" not in ollama or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert f"<td>{runs_on}" in ollama
+        if vram:
+            assert vram in ollama
+        else:
+            assert "VRAM</small>" not in ollama
+            assert "runs on the CPU" in ollama  # the detail says why analyses are slow
+    finally:
+        emu.stop()

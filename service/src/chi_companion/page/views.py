@@ -76,12 +76,15 @@ def overview(ctx: Companion, session: Session) -> str:
     )
     oll = comps.get("ollama", {})
     reachable = "yes" if oll.get("reachable") else "no"
+    runs_on = esc(oll.get("processor") or "not loaded")
+    if oll.get("vramBytes"):
+        runs_on += f"<br><small>{size(oll['vramBytes'])} of VRAM</small>"
     parts.append(
         "<h2>Ollama</h2><table><tr><th>Status</th><th>Reachable</th><th>Model</th>"
         "<th>Runs on</th><th>Queue</th><th>Detail</th></tr>"
         f"<tr><td>{status(oll.get('status'))}</td><td>{reachable}</td>"
         f"<td>{esc(oll.get('model'))} ({'present' if oll.get('modelPresent') else 'missing'})"
-        f"</td><td>{esc(oll.get('processor') or 'not loaded')}</td>"
+        f"</td><td>{runs_on}</td>"
         f"<td>{esc(oll.get('queueDepth'))}</td><td>{esc(oll.get('detail') or '')}</td></tr>"
         "</table>"
     )
