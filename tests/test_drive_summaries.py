@@ -229,3 +229,25 @@ def test_kill9_mid_sync_leaves_summaries_equal_to_the_rows(companion: Companion)
     comp.start()
     got = assert_exact(comp)
     assert len(got) >= 2
+
+
+def test_db_backup_and_restore_carry_the_summaries(companion: Companion) -> None:
+    comp = companion
+    _sync(comp, _rows(1, 30, 1) + _rows(2, 10, 1001, hour=9))
+    backed_up = assert_exact(comp)
+
+    def db(*args: str) -> None:
+        cmd = [sys.executable, "-m", "chi_companion", "db", *args]
+        done = subprocess.run(
+            [*cmd, "--config", str(comp.config_path)], capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+
+    db("backup")
+    [copy] = sorted((comp.data_dir / "db-backups").glob("companion-*.db.gz"))
+    _sync(comp, _rows(2, 10, 2001, hour=10) + _rows(3, 10, 3001, hour=11))
+    assert sorted(assert_exact(comp)) == [1, 2, 3]
+    comp.stop()
+    db("restore", str(copy))
+    comp.start()
+    assert assert_exact(comp) == backed_up
