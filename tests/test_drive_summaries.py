@@ -109,6 +109,18 @@ def test_summaries_equal_the_rows_after_inserts_and_changed_resends(companion: C
     assert sorted(got) == [1, 2, 9]
     assert got[1][0] == 310 and "OIL_TEMP" in got[1][3] and got[2][0] == 140
     assert got[9][0] == 13
+    # New rows of a drive already summarised: a new name, an earlier and a later time.
+    early, late = "2026-04-19T07:00:00Z", "2026-04-20T00:00:00Z"
+    _sync(
+        comp,
+        [
+            {"id": 4001, "parameter_name": "BOOST", "drive_id": 1, "timestamp": early},
+            {"id": 4002, "parameter_name": "RPM", "drive_id": 1, "timestamp": late},
+        ],
+    )
+    was, got = got, assert_exact(comp)
+    assert got[1][0] == 312 and "BOOST" in got[1][3]
+    assert got[1][1] < was[1][1] and got[1][2] > was[1][2]
     # The other device's drives are its own.
     _sync(comp, _rows(1, 5, 1), device=comp.other_device)
     assert sorted(assert_exact(comp, comp.other_device)) == [1]
