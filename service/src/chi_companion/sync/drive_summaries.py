@@ -19,7 +19,9 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
-TABLE = "realtime_data"
+from .request import SUMMARISED_TABLE
+
+TABLE = SUMMARISED_TABLE
 # Unix seconds from any timestamp SQLite's date functions read (see queries.UNIX_SECONDS).
 _UNIX = "(julianday(json_extract(doc, '$.timestamp')) - 2440587.5) * 86400.0"
 
@@ -54,11 +56,17 @@ SCHEMA = [
     ),
 ]
 
-_NEW_ROWS = "device_id = ? AND row_id IN (SELECT value FROM json_each(?))"
-# The parameter union keeps each name once (UNION drops repeats); readers sort it.
+# A drive's new rows, added up from the facts the request already parsed: the rows' count and
+# names come from Python, their times from SQLite's own date functions (the expression the
+# full summary uses), so the totals stay what a scan of the stored rows would give, without
+# reading the stored documents again. The parameter union keeps each name once (UNION drops
+# repeats); readers sort it.
 _ADD = f"""INSERT INTO drive_summaries (device_id, drive_id, row_count, first_t, last_t,
         parameters)
-    SELECT * FROM ({_SUMMARISE.format(index="", where=_NEW_ROWS)}) WHERE true
+    SELECT ?, ?, ?, min(t), max(t), ?
+    FROM (SELECT {_UNIX.replace("json_extract(doc, '$.timestamp')", "value")} AS t
+          FROM json_each(?))
+    WHERE true
     ON CONFLICT (device_id, drive_id) DO UPDATE SET
         row_count = row_count + excluded.row_count,
         first_t = coalesce(min(first_t, excluded.first_t), first_t, excluded.first_t),
@@ -91,11 +99,25 @@ def contributions(conn: sqlite3.Connection, device_id: str, row_ids: Iterable[in
     }
 
 
-def add_rows(conn: sqlite3.Connection, device_id: str, row_ids: Iterable[int]) -> None:
-    """Count rows just inserted (ids that did not exist before) into their drives."""
-    ids = sorted(row_ids)
-    if ids:
-        conn.execute(_ADD, (device_id, json.dumps(ids)))
+def add_rows(
+    conn: sqlite3.Connection, device_id: str, facts: Contribution, row_ids: Iterable[int]
+) -> None:
+    """Count rows just inserted (ids that did not exist before) into their drives, from
+    ``facts``: row id -> (drive id, parameter name, timestamp) as the request carried them.
+    One statement per drive in the batch (usually one)."""
+    drives: dict[int, tuple[set[str], list[str | None]]] = {}
+    for row_id in row_ids:
+        drive, name, timestamp = facts[row_id]
+        if not isinstance(drive, int) or isinstance(drive, bool):
+            continue  # no drive id: not part of any drive's summary
+        names, times = drives.setdefault(drive, (set(), []))
+        if isinstance(name, str):
+            names.add(name)
+        times.append(timestamp if isinstance(timestamp, str) else None)  # one per row
+    for drive, (names, times) in drives.items():
+        conn.execute(
+            _ADD, (device_id, drive, len(times), json.dumps(sorted(names)), json.dumps(times))
+        )
 
 
 def resummarise(conn: sqlite3.Connection, device_id: str, drive_ids: Iterable[object]) -> None:

@@ -273,7 +273,7 @@ class SyncStore:
             (device_id, table.name, received_at, table.rows_json),
         )
         if summarised:
-            drive_summaries.add_rows(conn, device_id, seen - plan.existing)
+            drive_summaries.add_rows(conn, device_id, table.facts, seen - plan.existing)
             if before:
                 after = drive_summaries.contributions(conn, device_id, plan.existing)
                 drive_summaries.resummarise(
