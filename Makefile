@@ -82,6 +82,7 @@ bench: venv
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/analysis.py
 	$(BIN)/python bench/drive_page.py
+	$(BIN)/python bench/drive_list.py
 	$(BIN)/python bench/slow_clients.py
 
 # The README's pictures of the status page, from demo data, in the browser the tests use.

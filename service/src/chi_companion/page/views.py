@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from ..companion import Companion
-from ..sync.queries import drive_exists, drive_ids, drive_series, drive_summary
+from ..sync.queries import drive_count, drive_exists, drive_list, drive_series
 from .chart import WIDTH, line_chart
 from .downsample import min_max
 from .html import age, duration, esc, size, status
@@ -103,14 +103,13 @@ def overview(ctx: Companion, session: Session) -> str:
 
 def drives(ctx: Companion, device: str, page_no: int) -> tuple[str, int]:
     conn = ctx.core.db.conn()
-    ids = sorted(drive_ids(conn, device), reverse=True)
-    pages = max(1, -(-len(ids) // DRIVES_PER_PAGE))
+    total = drive_count(conn, device)
+    pages = max(1, -(-total // DRIVES_PER_PAGE))
     if page_no > pages:
         raise BadRequest(f"page {page_no} does not exist: this device has {pages}")
-    chunk = ids[(page_no - 1) * DRIVES_PER_PAGE : page_no * DRIVES_PER_PAGE]
     rows = []
-    for drive_id in chunk:
-        count, t0, t1, params = drive_summary(conn, device, drive_id)
+    listed = drive_list(conn, device, (page_no - 1) * DRIVES_PER_PAGE, DRIVES_PER_PAGE)
+    for drive_id, count, t0, t1, params in listed:
         jobs = ctx.analysis.store.list(device, drive_id, None, 1)
         analysed = status(jobs[0].status) if jobs else '<span class="muted">not analysed</span>'
         span = duration(t1 - t0) if t0 is not None and t1 is not None else "-"
@@ -126,12 +125,12 @@ def drives(ctx: Companion, device: str, page_no: int) -> tuple[str, int]:
     if page_no < pages:
         nav.append(f'<a rel="next" href="?page={page_no + 1}">older</a>')
     body = (
-        f"<p>{len(ids)} drives, newest first.</p>"
+        f"<p>{total} drives, newest first.</p>"
         '<table id="drives"><tr><th>Drive</th><th>Start</th><th>Duration</th><th>Rows</th>'
         "<th>Parameters</th><th>Analysis</th></tr>" + "".join(rows) + "</table>"
         f'<p class="pager">{" · ".join(nav)}</p>'
     )
-    return body, len(ids)
+    return body, total
 
 
 # ------------------------------------------------------------------------------ one drive

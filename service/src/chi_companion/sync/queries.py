@@ -128,20 +128,28 @@ def last_sync_per_device(conn: sqlite3.Connection) -> dict[str, str | None]:
     return dict(conn.execute("SELECT device_id, last_sync_at FROM devices"))
 
 
-_DRIVE_SUMMARY = f"""SELECT count(*), min(t), max(t), json_group_array(DISTINCT p)
-    FROM (SELECT json_extract(doc, '$.parameter_name') AS p,
-                 {UNIX_SECONDS.format(col="json_extract(doc, '$.timestamp')")} AS t
-          FROM synced_rows INDEXED BY synced_rows_by_drive
-          WHERE device_id = ? AND table_name = 'realtime_data' AND drive_id = ?)"""
+def drive_count(conn: sqlite3.Connection, device_id: str) -> int:
+    """How many drives (integer drive ids with realtime rows) the device has."""
+    (n,) = conn.execute(
+        "SELECT count(*) FROM drive_summaries WHERE device_id = ?", (device_id,)
+    ).fetchone()
+    return int(n)
 
 
-def drive_summary(
-    conn: sqlite3.Connection, device_id: str, drive_id: int
-) -> tuple[int, float | None, float | None, list[str]]:
-    """(rows, first and last Unix second, parameter names seen) of one drive, for listings."""
-    count, t0, t1, names = conn.execute(_DRIVE_SUMMARY, (device_id, drive_id)).fetchone()
-    params = sorted(n for n in json.loads(names) if isinstance(n, str))
-    return int(count), t0, t1, params
+def drive_list(
+    conn: sqlite3.Connection, device_id: str, offset: int, limit: int
+) -> list[tuple[int, int, float | None, float | None, list[str]]]:
+    """(drive id, rows, first and last Unix second, parameter names) of ``limit`` drives,
+    newest (highest id) first from ``offset``: read from the drive summaries, so the cost
+    does not grow with the drives' length."""
+    return [
+        (int(d), int(n), t0, t1, sorted(json.loads(names)))
+        for d, n, t0, t1, names in conn.execute(
+            """SELECT drive_id, row_count, first_t, last_t, parameters FROM drive_summaries
+               WHERE device_id = ? ORDER BY drive_id DESC LIMIT ? OFFSET ?""",
+            (device_id, limit, offset),
+        )
+    ]
 
 
 def table_row_counts(conn: sqlite3.Connection) -> list[tuple[str, str, int]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..core.errors import Invalid
@@ -17,6 +17,8 @@ from ..core.ids import DEVICE_ID_RULE, as_int64, is_device_id
 
 TABLE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_BATCH_ID = 200
+# The table whose rows are drives' data points (sync/drive_summaries.py adds them up).
+SUMMARISED_TABLE = "realtime_data"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
@@ -25,6 +27,9 @@ class TableBatch:
     name: str
     ids: list[int]  # in arrival order
     rows_json: str  # the rows as one JSON array; SQLite splits it with json_each
+    # realtime_data only: row id -> (drive id, parameter_name, timestamp) as validated, the
+    # last of a repeated id winning as in the store; what drive_summaries adds up.
+    facts: dict[int, tuple[int | None, Any, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,6 +130,8 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
         if not isinstance(rows, list):
             raise _bad(f"tables.{name}.rows must be an array")
         ids: list[int] = []
+        facts: dict[int, tuple[int | None, Any, Any]] = {}
+        summarised = name == SUMMARISED_TABLE
         for index, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise _bad(f"tables.{name}.rows[{index}] must be an object")
@@ -136,6 +143,12 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
             row["id"] = row_id
             ids.append(row_id)
             _check_derived(name, index, row)
+            if summarised:
+                facts[row_id] = (
+                    row.get("drive_id"),
+                    row.get("parameter_name"),
+                    row.get("timestamp"),
+                )
         try:
             rows_json = _ENCODER.encode(rows)
         except ValueError:
@@ -144,5 +157,5 @@ def validate(body: Any, non_finite_tokens: int) -> SyncRequest:
             rows, scrubbed = _scrub(rows)
             non_finite += scrubbed
             rows_json = _ENCODER.encode(rows)
-        tables.append(TableBatch(name, ids, rows_json))
+        tables.append(TableBatch(name, ids, rows_json, facts))
     return SyncRequest(device_id, batch_id, tables, last_drive_id, non_finite)

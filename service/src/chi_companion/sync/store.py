@@ -21,6 +21,7 @@ from typing import Any
 from ..core.clock import iso_z, now_iso, utc_now
 from ..core.db import transaction
 from ..core.errors import QuotaExceeded
+from . import drive_summaries
 from .request import SyncRequest, TableBatch
 
 # Pruning the history costs a DELETE; doing it on every request while the Pi
@@ -75,6 +76,7 @@ SCHEMA = [
         WHERE device_id IN (SELECT device_id FROM table_stats
                             EXCEPT SELECT device_id FROM sync_usage)
         GROUP BY device_id""",
+    *drive_summaries.SCHEMA,
 ]
 QUOTA_SETTING = "quotas.synced_bytes_per_device"
 QUOTA_REMEDY = (
@@ -254,6 +256,12 @@ class SyncStore:
             else:
                 inserted += 1
                 seen.add(row_id)
+        summarised = table.name == drive_summaries.TABLE
+        before = (
+            drive_summaries.contributions(conn, device_id, plan.existing)
+            if summarised and plan.existing
+            else {}
+        )
         # json_each splits the array inside SQLite: no per-row Python encoding, and
         # each document is stored exactly as the Pi sent it (key order, number text).
         # Rows repeated within one batch are applied in order, so the last one wins.
@@ -264,6 +272,13 @@ class SyncStore:
                  doc = excluded.doc, received_at = excluded.received_at""",
             (device_id, table.name, received_at, table.rows_json),
         )
+        if summarised:
+            drive_summaries.add_rows(conn, device_id, table.facts, seen - plan.existing)
+            if before:
+                after = drive_summaries.contributions(conn, device_id, plan.existing)
+                drive_summaries.resummarise(
+                    conn, device_id, drive_summaries.changed_drives(before, after)
+                )
         conn.execute(
             """INSERT INTO table_stats (device_id, table_name, row_count, max_row_id,
                  last_received_at) VALUES (?, ?, ?, ?, ?)
@@ -280,7 +295,8 @@ class SyncStore:
         conn: sqlite3.Connection, device_id: str, received_before: str, dry_run: bool = False
     ) -> dict[str, tuple[int, int]]:
         """Remove a device's rows received before a UTC time (``...Z``), keeping its row
-        counts and quota usage right in the same transaction; table -> (rows, bytes)."""
+        counts, drive summaries and quota usage right in the same transaction;
+        table -> (rows, bytes)."""
         with transaction(conn):
             found = {
                 str(table): (int(n), int(size))
@@ -293,10 +309,12 @@ class SyncStore:
             }
             if dry_run or not found:
                 return found
+            drives = drive_summaries.pruned_drives(conn, device_id, received_before)
             conn.execute(
                 "DELETE FROM synced_rows WHERE device_id = ? AND received_at < ?",
                 (device_id, received_before),
             )
+            drive_summaries.resummarise(conn, device_id, drives)
             for table, (n, _) in found.items():
                 conn.execute(
                     """UPDATE table_stats SET row_count = max(0, row_count - ?)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +128,32 @@ def test_the_schema_is_what_a_fresh_install_creates(host: Any, after: dict[str, 
     )
     assert fresh.rc == 0, fresh.stderr
     assert after["schema"] == json.loads(fresh.stdout)
+
+
+def test_the_drives_are_summarised_from_the_rows(host: Any) -> None:
+    """0.1.0 kept no drive summaries (the status page's drive list reads them): the first
+    start of this version made them from the rows, equal to a scan of every row."""
+    out = host.check_output(
+        "python3 - <<'EOF'\n"
+        "import json, sqlite3\n"
+        f"conn = sqlite3.connect('file:{DATA_DIR}/companion.db?mode=ro', uri=True)\n"
+        "t = \"(julianday(json_extract(doc, '$.timestamp')) - 2440587.5) * 86400.0\"\n"
+        'scan = conn.execute(f"SELECT drive_id, count(*), min({t}), max({t}),'
+        " json_group_array(DISTINCT json_extract(doc, '$.parameter_name')) FROM synced_rows"
+        " WHERE table_name = 'realtime_data' AND typeof(drive_id) = 'integer'"
+        ' GROUP BY device_id, drive_id").fetchall()\n'
+        "kept = conn.execute('SELECT drive_id, row_count, first_t, last_t, parameters"
+        " FROM drive_summaries').fetchall()\n"
+        "norm = lambda rows: sorted([*r[:4], sorted(json.loads(r[4]))] for r in rows)\n"
+        "print(json.dumps([norm(scan), norm(kept)]))\n"
+        "EOF"
+    )
+    scan, kept = json.loads(out)
+    start = datetime(2026, 4, 19, 8, 0, 1, tzinfo=UTC).timestamp()
+    [(drive, count, first, last, names)] = scan  # upgrade_data.py's one drive
+    assert (drive, count, names) == (1, 40, ["RPM", "SPEED"])
+    assert abs(first - start) < 0.001 and abs(last - (start + 39)) < 0.001
+    assert kept == scan
 
 
 def test_it_still_takes_syncs(host: Any, base_url: str, keys: dict[str, str]) -> None:
