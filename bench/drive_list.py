@@ -27,14 +27,11 @@ from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chi_companion.companion import Companion
-from chi_companion.core.config import parse
 from chi_companion.page.views import DRIVES_PER_PAGE
 from chi_companion.sync.queries import drive_ids
 from chi_companion.sync.store import SCHEMA as SYNC_SCHEMA
-from chi_companion.web import create_app
 
-from bench.drive_page import call
+from bench.in_process import call, companion_app
 from tests.drive_rows import drive_rows
 from tests.drive_scan import scan_summary
 from tests.sync_payloads import sync_body
@@ -62,18 +59,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = parse(
-            {
-                "server": {"data_dir": tmp},
-                "devices": {DEVICE: {"api_key": KEY}},
-                "analysis": {"auto": False},
-            },
-            "bench",
-            env={},
-        )
-        ctx = Companion.from_config(config)
-        ctx.prepare_storage()
-        app = create_app(ctx)
+        ctx, app = companion_app(tmp, DEVICE, KEY)
 
         started = time.perf_counter()
         next_id, pending, total = 1, [], 0

@@ -12,58 +12,24 @@ page < 300 KB and < 300 ms.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from chi_companion.companion import Companion
-from chi_companion.core.config import parse
 from chi_companion.page import views
-from chi_companion.web import create_app
 
+from bench.in_process import call, companion_app
 from tests.drive_rows import FIVE, drive_rows
 from tests.sync_payloads import sync_body
 
 DEVICE, KEY = "chi-eclipse-01", "bench-key-" + "x" * 24
 LIMIT_BYTES, LIMIT_MS = 300_000, 300.0
-
-
-def call(
-    app: Any, method: str, path: str, body: bytes = b"", **headers: str
-) -> tuple[str, dict, bytes]:
-    path, _, query = path.partition("?")
-    environ = {
-        "REQUEST_METHOD": method,
-        "PATH_INFO": path,
-        "QUERY_STRING": query,
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8000",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(body),
-        "wsgi.errors": sys.stderr,
-        "CONTENT_LENGTH": str(len(body)),
-        **{
-            ("CONTENT_TYPE" if k == "Content_Type" else f"HTTP_{k.upper()}"): v
-            for k, v in headers.items()
-        },
-    }
-    got: dict[str, Any] = {}
-
-    def start_response(status: str, hdrs: list[tuple[str, str]], exc_info: Any = None) -> None:
-        got["status"], got["headers"] = status, dict(hdrs)
-
-    out = b"".join(app(environ, start_response))
-    return got["status"], got["headers"], out
 
 
 def main() -> int:
@@ -72,18 +38,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=7)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        config = parse(
-            {
-                "server": {"data_dir": tmp},
-                "devices": {DEVICE: {"api_key": KEY}},
-                "analysis": {"auto": False},
-            },
-            "bench",
-            env={},
-        )
-        ctx = Companion.from_config(config)
-        ctx.prepare_storage()
-        app = create_app(ctx)
+        ctx, app = companion_app(tmp, DEVICE, KEY)
         rows = drive_rows(1, args.seconds)
         for i in range(0, len(rows), 2000):
             body = json.dumps(sync_body("realtime_data", rows[i : i + 2000])).encode()
