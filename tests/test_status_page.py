@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -75,6 +78,42 @@ def test_wrong_key_is_refused_without_a_cookie(comp: Companion) -> None:
     r = requests.post(f"{comp.url}/login", data={"key": "not-a-key"}, allow_redirects=False)
     assert r.status_code == 401 and "not valid" in r.text
     assert "Set-Cookie" not in r.headers
+
+
+def _sign_in_from(comp: Companion, source: str, key: str) -> tuple[int, Any, str]:
+    """POST /login from a chosen loopback address (the limit is per source address):
+    status, headers, page."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", comp.port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        conn.request(
+            "POST",
+            "/login",
+            urlencode({"key": key}),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        resp = conn.getresponse()
+        return resp.status, resp.headers, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_wrong_keys_are_limited_per_address(
+    make_companion: Callable[..., Companion],
+) -> None:
+    """Ten wrong keys from one address are answered 401; then that address is refused (429
+    with Retry-After, even with the right key) while another address still signs in."""
+    fresh = make_companion()
+    for _ in range(10):
+        assert _sign_in_from(fresh, "127.0.0.1", "not-a-key")[0] == 401
+    status, headers, text = _sign_in_from(fresh, "127.0.0.1", "not-a-key")
+    assert status == 429 and int(headers["Retry-After"]) > 0
+    assert "Too many wrong keys from 127.0.0.1" in text
+    status, headers, _ = _sign_in_from(fresh, "127.0.0.1", fresh.operator_key)
+    assert status == 429 and "Set-Cookie" not in headers
+    status, headers, _ = _sign_in_from(fresh, "127.0.0.2", fresh.operator_key)
+    assert status == 303 and "HttpOnly" in headers["Set-Cookie"]
 
 
 def test_cookie_is_httponly_strict_expiring_and_signed(comp: Companion) -> None:

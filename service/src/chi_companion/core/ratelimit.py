@@ -29,15 +29,25 @@ class RateLimit:
     def take(self, key: str) -> None:
         """Use one token of ``key``'s bucket, or raise RateLimited saying when one is free."""
         with self._lock:
-            now = self._clock()
-            tokens, at = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - at) * self.rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                wait = math.ceil((1.0 - tokens) / self.rate)
-                raise RateLimited(
-                    f"{key} made too many {self.what} (at most {int(self.burst)} at once, then "
-                    f"{self.rate * 3600:g} per hour); retry in {wait} s",
-                    retry_after=wait,
-                )
+            tokens, now = self._refilled(key)
             self._buckets[key] = (tokens - 1.0, now)
+
+    def check(self, key: str) -> None:
+        """Raise RateLimited if ``key``'s bucket is empty, without using a token."""
+        with self._lock:
+            self._refilled(key)
+
+    def _refilled(self, key: str) -> tuple[float, float]:
+        """``key``'s tokens now, or RateLimited when fewer than one; hold the lock."""
+        now = self._clock()
+        tokens, at = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            wait = math.ceil((1.0 - tokens) / self.rate)
+            raise RateLimited(
+                f"{key} made too many {self.what} (at most {int(self.burst)} at once, then "
+                f"{self.rate * 3600:g} per hour); retry in {wait} s",
+                retry_after=wait,
+            )
+        return tokens, now

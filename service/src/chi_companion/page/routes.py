@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -17,7 +17,9 @@ from bottle import HTTPResponse, request
 
 from ..analysis import routes as analysis_routes
 from ..companion import Companion
+from ..core.errors import RateLimited
 from ..core.http_json import ApiError, header
+from ..core.ratelimit import RateLimit
 from . import views
 from .html import CSP, esc, page
 from .session import COOKIE, Session, Sessions
@@ -27,6 +29,9 @@ if TYPE_CHECKING:
 
 MAX_FORM_BYTES = 4096
 MAX_PAGE = 1_000_000
+# A person mistyping a key gets 10 tries at once, then one every 6 minutes from that address:
+# nothing for a 256-bit key's owner, hopeless for a guesser.
+WRONG_KEYS, WRONG_KEYS_PER_HOUR = 10, 10
 
 
 def html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
@@ -66,7 +71,9 @@ def _form() -> dict[str, str]:
     return {k: request.forms.getunicode(k) or "" for k in request.forms}
 
 
-def sign_in_page(message: str = "", status: int = 200) -> HTTPResponse:
+def sign_in_page(
+    message: str = "", status: int = 200, headers: dict[str, str] | None = None
+) -> HTTPResponse:
     note = f'<p class="flash" id="message">{esc(message)}</p>' if message else ""
     body = (
         f"{note}<p>Sign in with the operator key (every device) or a device key (that device "
@@ -75,7 +82,7 @@ def sign_in_page(message: str = "", status: int = 200) -> HTTPResponse:
         '<input type="password" name="key" autocomplete="current-password" required '
         'size="48"></label> <button type="submit">Sign in</button></form>'
     )
-    return html(page("Sign in", body), status)
+    return html(page("Sign in", body), status, headers)
 
 
 def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> None:
@@ -129,12 +136,26 @@ def routes(app: Bottle, ctx: Companion, sessions: Sessions | None = None) -> Non
     def login_form() -> Any:
         return sign_in_page() if current() is None else redirect("/")
 
+    # Wrong keys per source address: a guesser is refused for a while instead of being made
+    # to wait, which would hold one of the server's threads per attempt.
+    wrong_keys = RateLimit("wrong sign-in keys", per_hour=WRONG_KEYS_PER_HOUR, burst=WRONG_KEYS)
+
     @app.post("/login")
     def login() -> Any:
         same_origin()  # another site must not sign a visitor in to a session it chose
+        source = request.remote_addr or "unknown"
+        try:
+            wrong_keys.check(source)
+        except RateLimited as exc:
+            return sign_in_page(
+                f"Too many wrong keys from {source}: try again in {exc.retry_after} s.",
+                429,
+                {"Retry-After": str(exc.retry_after)},
+            )
         principal = keys.lookup(_form().get("key"))
         if principal is None:
-            time.sleep(0.5)  # a wrong key costs the guesser time
+            with suppress(RateLimited):  # a concurrent wrong key may have used the last token
+                wrong_keys.take(source)
             return sign_in_page("That key is not valid here.", 401)
         cookie, _ = sessions.issue(principal.device_id)
         return redirect("/", {"Set-Cookie": _cookie(cookie, sessions.ttl)})
