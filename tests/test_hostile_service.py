@@ -231,7 +231,8 @@ def test_non_ascii_header_bytes_never_give_a_5xx(companion: Companion) -> None:
     ]
     statuses: dict[int, int] = {}
     for method, path, body in requests_to_send:
-        # The sign-in answers a wrong key slowly on purpose: only the headers it reads.
+        # The sign-in refuses an address after 10 wrong keys (429 until its limit refills):
+        # only the headers it reads, so most requests still reach the key check.
         names = ("Origin", "Host") if path == "/login" else FUZZED_HEADERS
         for name in names:
             for value in HOSTILE_HEADER_VALUES:
