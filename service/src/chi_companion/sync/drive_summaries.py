@@ -19,11 +19,12 @@ import json
 import sqlite3
 from collections.abc import Iterable
 
+from .queries import UNIX_SECONDS
 from .request import SUMMARISED_TABLE
 
 TABLE = SUMMARISED_TABLE
-# Unix seconds from any timestamp SQLite's date functions read (see queries.UNIX_SECONDS).
-_UNIX = "(julianday(json_extract(doc, '$.timestamp')) - 2440587.5) * 86400.0"
+# Unix seconds of a row's timestamp, as every reader of drive times computes them.
+_UNIX = UNIX_SECONDS.format(col="json_extract(doc, '$.timestamp')")
 
 # The facts of each (device, drive) among the rows that ``where`` selects. Parameter names
 # that are not text (a number, null) are not names the page can show, as in 0.2.0's list.
@@ -64,7 +65,7 @@ SCHEMA = [
 _ADD = f"""INSERT INTO drive_summaries (device_id, drive_id, row_count, first_t, last_t,
         parameters)
     SELECT ?, ?, ?, min(t), max(t), ?
-    FROM (SELECT {_UNIX.replace("json_extract(doc, '$.timestamp')", "value")} AS t
+    FROM (SELECT {UNIX_SECONDS.format(col="value")} AS t
           FROM json_each(?))
     WHERE true
     ON CONFLICT (device_id, drive_id) DO UPDATE SET
