@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
-from urllib.parse import urlencode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,7 +30,7 @@ from chi_companion.page.views import DRIVES_PER_PAGE
 from chi_companion.sync.queries import drive_ids
 from chi_companion.sync.store import SCHEMA as SYNC_SCHEMA
 
-from bench.in_process import call, companion_app
+from bench.in_process import call, companion_app, session_cookie
 from tests.drive_rows import drive_rows
 from tests.drive_scan import scan_summary
 from tests.sync_payloads import sync_body
@@ -91,15 +90,7 @@ def main() -> int:
             flush()
         generated = time.perf_counter() - started
 
-        status, headers, _ = call(
-            app,
-            "POST",
-            "/login",
-            urlencode({"key": KEY}).encode(),
-            Content_Type="application/x-www-form-urlencoded",
-        )
-        assert status.startswith("303"), status
-        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        cookie = session_cookie(app, KEY)
         last_page = -(-args.drives // DRIVES_PER_PAGE)
 
         def page(n: int) -> Callable[[], None]:

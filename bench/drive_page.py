@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chi_companion.page import views
 
-from bench.in_process import call, companion_app
+from bench.in_process import call, companion_app, session_cookie
 from tests.drive_rows import FIVE, drive_rows
 from tests.sync_payloads import sync_body
 
@@ -46,15 +46,7 @@ def main() -> int:
                 app, "POST", "/api/v1/sync", body, Content_Type="application/json", X_API_KEY=KEY
             )
             assert status.startswith("200"), out
-        status, headers, _ = call(
-            app,
-            "POST",
-            "/login",
-            urlencode({"key": KEY}).encode(),
-            Content_Type="application/x-www-form-urlencoded",
-        )
-        assert status.startswith("303"), status
-        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        cookie = session_cookie(app, KEY)
         path = f"/devices/{DEVICE}/drives/1?" + urlencode([("p", n) for n, _ in FIVE])
 
         def measure() -> tuple[int, float]:

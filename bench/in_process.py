@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 from chi_companion.companion import Companion
 from chi_companion.core.config import parse
@@ -57,3 +58,16 @@ def call(
 
     out = b"".join(app(environ, start_response))
     return got["status"], got["headers"], out
+
+
+def session_cookie(app: Any, key: str) -> str:
+    """Sign in to the status page with ``key``: the ``Cookie`` value its pages need."""
+    status, headers, _ = call(
+        app,
+        "POST",
+        "/login",
+        urlencode({"key": key}).encode(),
+        Content_Type="application/x-www-form-urlencoded",
+    )
+    assert status.startswith("303"), status
+    return str(headers["Set-Cookie"].split(";", 1)[0])
